@@ -1,0 +1,172 @@
+"""The bundled model zoo and model resolution (a zoo id or a checkpoint file).
+
+``assets/models/manifest.json`` lists the bundled models: ``{"models": [entry, ...]}`` where each entry has
+``id, file, sha256, arch_config, dataset, preprocessing, split, epochs, seed, optimizer, test_accuracy,
+params, macs, size_bytes, train_seconds_per_epoch, eval_seconds, command`` (``command`` rebuilds the file).
+Checksums are verified on load.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .architectures import ArchConfig
+from .checkpoint import CheckpointError, load_model, sha256_file
+from .data import DATASETS, Preprocessing, get_info
+
+__all__ = [
+    "MODELS_DIR",
+    "DEFAULT_MODEL",
+    "LoadedModel",
+    "ZooEntry",
+    "example_inputs",
+    "get_entry",
+    "list_models",
+    "load_zoo_model",
+    "resolve_model",
+]
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+DEFAULT_MODEL = "vgg11_bn-mnist5k"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One bundled model, as listed in the manifest."""
+
+    id: str
+    file: str
+    sha256: str
+    arch_config: dict
+    dataset: str
+    preprocessing: dict
+    test_accuracy: float
+    params: int = 0
+    macs: int = 0
+    size_bytes: int = 0
+    split: str = ""
+    epochs: int = 0
+    seed: int = 0
+    optimizer: dict = field(default_factory=dict)
+    train_seconds_per_epoch: float = 0.0
+    eval_seconds: float = 0.0
+    command: str = ""
+    description: str = ""
+
+    @property
+    def arch(self) -> str:
+        return self.arch_config["arch"]
+
+    @property
+    def width(self) -> float:
+        return float(self.arch_config.get("width", 1.0))
+
+    @property
+    def path(self) -> Path:
+        return MODELS_DIR / self.file
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["arch"], d["width"], d["path"] = self.arch, self.width, str(self.path)
+        return d
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to prune: the module (eval mode), how to feed it, and where it came from."""
+
+    model: nn.Module
+    config: ArchConfig
+    dataset: str
+    preprocessing: Preprocessing
+    name: str
+    entry: ZooEntry | None = None
+
+    @property
+    def example_inputs(self) -> torch.Tensor:
+        return example_inputs(self.preprocessing)
+
+
+def _manifest_path() -> Path:
+    return MODELS_DIR / "manifest.json"
+
+
+def list_models() -> list[ZooEntry]:
+    """The bundled models (empty if the manifest is absent)."""
+    path = _manifest_path()
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    known = set(ZooEntry.__dataclass_fields__)
+    return [ZooEntry(**{k: v for k, v in e.items() if k in known}) for e in data.get("models", [])]
+
+
+def get_entry(model_id: str) -> ZooEntry:
+    """The manifest entry of ``model_id``; ValueError listing the bundled ids otherwise."""
+    for e in list_models():
+        if e.id == model_id:
+            return e
+    ids = ", ".join(e.id for e in list_models()) or "none (assets/models/manifest.json is missing)"
+    raise ValueError(f"no bundled model {model_id!r}; bundled models: {ids}")
+
+
+@functools.lru_cache(maxsize=16)
+def _load_verified(model_id: str) -> tuple[nn.Module, ArchConfig]:
+    entry = get_entry(model_id)
+    if not entry.path.exists():
+        raise CheckpointError(f"bundled model file {entry.file} is missing; rebuild it with: {entry.command}")
+    digest = sha256_file(entry.path)
+    if digest != entry.sha256:
+        raise CheckpointError(
+            f"bundled model {model_id} fails its checksum (sha256 {digest[:12]}... expected "
+            f"{entry.sha256[:12]}...): the file is corrupt or was changed; rebuild it with: {entry.command}"
+        )
+    model, config, _ = load_model(entry.path, ArchConfig.from_dict(entry.arch_config))
+    for p in model.parameters():  # shared, cached object: callers must copy before changing it
+        p.requires_grad_(False)
+    return model.eval(), config
+
+
+def load_zoo_model(model_id: str) -> LoadedModel:
+    """Load a bundled model (checksum verified, cached). The module is shared: copy it before changing it."""
+    entry = get_entry(model_id)
+    model, config = _load_verified(model_id)
+    return LoadedModel(model, config, entry.dataset, Preprocessing.from_dict(entry.preprocessing), entry.id, entry)
+
+
+def example_inputs(preprocessing: Preprocessing, batch: int = 1) -> torch.Tensor:
+    """A zero batch of the shape a model with this preprocessing contract takes."""
+    return torch.zeros((batch, *preprocessing.input_shape))
+
+
+def resolve_model(spec: str, arch: str | None = None, dataset: str | None = None) -> LoadedModel:
+    """A bundled model id, or a checkpoint file (safetensors, or a torch file loaded with weights_only).
+
+    For a checkpoint, the architecture comes from its safetensors metadata (files saved by this project) or
+    from ``arch`` plus the shapes; the dataset (and so the preprocessing contract) from the metadata or
+    ``dataset``.
+    """
+    path = Path(spec)
+    if not path.exists() and not path.suffix:
+        return load_zoo_model(spec)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {spec} does not exist (and is no bundled model id)")
+    config = None
+    model, config, meta = load_model(path, config, arch=arch)
+    ds = dataset or meta.get("dataset")
+    if ds is None:
+        raise ValueError(
+            f"say which dataset {path.name} was trained on (--dataset, one of {', '.join(DATASETS)}): it "
+            "decides the inputs the model is evaluated on"
+        )
+    pre = meta.get("preprocessing")
+    preprocessing = Preprocessing.from_dict(pre) if pre else get_info(ds).preprocessing
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(model.eval(), config, ds, preprocessing, path.name)
