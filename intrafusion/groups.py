@@ -13,6 +13,7 @@ of a linear layer.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -113,10 +114,17 @@ class PruningGraph:
         self._names = {m: name for name, m in model.named_modules()}
         order = _execution_order(model, example_inputs)
         was_training = model.training
+        frozen = [p for p in model.parameters() if not p.requires_grad]
         model.eval()
-        with torch.enable_grad():
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-        model.train(was_training)
+        try:  # torch-pruning traces through autograd: frozen (cached, shared) models need grads for a moment
+            for p in frozen:
+                p.requires_grad_(True)
+            with torch.enable_grad():
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
+            model.train(was_training)
         classifier = _last_linear(model, order)
         roots: list[tuple[int, nn.Module, list]] = []
         for g in self.dg.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
@@ -134,8 +142,9 @@ class PruningGraph:
         return len(self._roots)
 
     def check_index(self, index: int) -> int:
-        if not isinstance(index, int | torch.SymInt) or isinstance(index, bool):
+        if isinstance(index, bool):
             raise TypeError(f"group index must be an int, got {index!r}")
+        index = operator.index(index)
         if not 0 <= index < len(self._roots):
             raise IndexError(
                 f"group {index} does not exist: this model has {len(self._roots)} groups, "

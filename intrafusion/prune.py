@@ -247,7 +247,8 @@ def _plan(graph: PruningGraph, index: int, tp_group, importance: np.ndarray, kep
     else:
         y, labels = centroids(x, len(kept), seed=seed)
         target_weights = np.bincount(labels, weights=importance, minlength=len(kept))
-    cost = cost_matrix(x, y, options.p).double().numpy()
+    kept_idx = torch.as_tensor(kept) if options.target == "kept" else None
+    cost = cost_matrix(x, y, options.p, kept=kept_idx).double().numpy()
     timings["cost"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mu = marginal(options.source_marginal, len(importance), importance)

@@ -58,26 +58,57 @@ def feature_vectors(slices: list[LayerSlice]) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def cost_matrix(x: torch.Tensor, y: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+def cost_matrix(x: torch.Tensor, y: torch.Tensor, p: float = 1.0, *, kept: torch.Tensor | None = None) -> torch.Tensor:
     """Pairwise ``||x_s - y_t||_p``, shape (len(x), len(y)).
 
-    For p = 2 the matrix-product form ``|x|^2 + |y|^2 - 2 x.y`` is used (one GEMM; fast); other p need the
-    full n x m x d differences.
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        (n, d) sources and (m, d) targets.
+    p : float
+        For p = 2 the matrix-product form ``|x|^2 + |y|^2 - 2 x.y`` is used (one GEMM); other p need all
+        n x m x d absolute differences.
+    kept : torch.Tensor, optional
+        Indices such that ``y == x[kept]`` (targets = kept channels). The kept rows of C then form a
+        symmetric m x m block, of which only one triangle is computed.
     """
     if p <= 0:
         raise ValueError(f"the cost exponent p must be positive, got {p}")
     if p == 2:
         return torch.cdist(x, y, p=2.0, compute_mode="use_mm_for_euclid_dist").clamp_min(0)
-    # Other p: sum_b ||x_b - y_b||_p^p over blocks of features. A block of y stays in cache while every x row
-    # passes over it; the plain cdist streams all of y from memory once per x row (memory bound: ~3x slower).
-    out = torch.zeros(x.shape[0], y.shape[0], dtype=torch.float64)
-    for j in range(0, x.shape[1], _BLOCK):
-        d = torch.cdist(x[:, j : j + _BLOCK], y[:, j : j + _BLOCK], p=float(p))
-        out += d if p == 1 else d.double().pow(p)
+    if kept is None:
+        out = _accumulate(x, y, p)
+    else:
+        kept = torch.as_tensor(kept, dtype=torch.long)
+        rest = torch.ones(len(x), dtype=torch.bool)
+        rest[kept] = False
+        out = torch.empty(len(x), len(kept), dtype=torch.float64)
+        out[rest] = _accumulate(x[rest], y, p)
+        out[kept] = _accumulate(y, y, p, symmetric=True)
     return (out if p == 1 else out.pow(1.0 / p)).to(x.dtype)
 
 
-_BLOCK = 128  # features per block of the p != 2 cost: 128 x m floats fit in L2 for m <= 512
+_BLOCK = 128  # features per block: a 128 x m slab of y stays in cache while every x row passes over it
+_ROWS = 64  # rows per strip of the symmetric block
+
+
+def _accumulate(x: torch.Tensor, y: torch.Tensor, p: float, symmetric: bool = False) -> torch.Tensor:
+    """sum over feature blocks b of ||x_b - y_b||_p^p (float64). The plain cdist streams all of y from memory
+    once per x row and is memory bound (about 2x slower here). ``symmetric`` (x is y): upper triangle only."""
+    out = torch.zeros(x.shape[0], y.shape[0], dtype=torch.float64)
+    for j in range(0, x.shape[1], _BLOCK):
+        xb, yb = x[:, j : j + _BLOCK], y[:, j : j + _BLOCK]
+        if not symmetric:
+            d = torch.cdist(xb, yb, p=float(p))
+            out += d if p == 1 else d.double().pow(p)
+            continue
+        for i in range(0, len(yb), _ROWS):
+            d = torch.cdist(yb[i : i + _ROWS], yb[i:], p=float(p))
+            out[i : i + _ROWS, i:] += d if p == 1 else d.double().pow(p)
+    if symmetric:
+        upper = torch.triu(out)
+        out = upper + upper.T - torch.diag(torch.diagonal(upper))
+    return out
 
 
 def centroids(x: torch.Tensor, m: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:

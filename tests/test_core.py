@@ -290,3 +290,12 @@ def test_unknown_options_are_named():
         prune(_seeded(TinyMLP), torch.randn(2, 8), 0, 0.5, criterion="magic")
     with pytest.raises(ValueError, match="method"):
         prune(_seeded(TinyMLP), torch.randn(2, 8), 0, 0.5, method="drop")
+
+
+def test_cost_to_kept_targets_uses_symmetry_correctly():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 700, generator=g)
+    kept = torch.tensor([1, 3, 4, 10, 22, 39])
+    for p in (1.0, 3.0):
+        torch.testing.assert_close(cost_matrix(x, x[kept], p, kept=kept), cost_matrix(x, x[kept], p),
+                                   rtol=1e-5, atol=1e-5)

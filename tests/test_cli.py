@@ -1,0 +1,67 @@
+"""The command line, end to end on a checkpoint made in the test (numbers and messages, not 'it ran')."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from intrafusion.architectures import VGG
+from intrafusion.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "vgg.pt"
+    torch.save(VGG(width=0.125, in_channels=1).eval().state_dict(), path)
+    return str(path)
+
+
+def test_groups_json(checkpoint, capsys):
+    assert main(["groups", checkpoint, "--arch", "vgg11_bn", "--dataset", "mnist5k", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["index"] for r in rows] == list(range(8))
+    assert [r["n"] for r in rows] == [64, 64, 64, 64, 32, 32, 16, 8]
+    assert rows[0]["producers"] == ["features.25"] and rows[0]["consumers"] == ["classifier"]
+
+
+def test_sweep_json_rows(checkpoint, capsys):
+    code = main(["sweep", checkpoint, "--arch", "vgg11_bn", "--dataset", "mnist5k", "--groups", "1", "3",
+                 "--sparsities", "0.5", "0.7", "--normalization", "paper", "function-preserving", "--limit", "200",
+                 "--json", "--quiet"])
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 * 2 * 3  # groups x sparsities x (default, paper, function-preserving)
+    for key in ("group", "sparsity", "method", "accuracy", "logit_distance", "seconds"):
+        assert all(key in r for r in rows)
+    assert {r["label"] for r in rows} == {"default", "fusion (paper)", "fusion (function-preserving)"}
+    assert {r["kept"] for r in rows if r["sparsity"] == 0.5} == {32}
+    assert all(0 <= r["accuracy"] <= 100 for r in rows)
+
+
+def test_sweep_table(checkpoint, capsys):
+    assert main(["sweep", checkpoint, "--arch", "vgg11_bn", "--dataset", "mnist5k", "--groups", "2",
+                 "--sparsities", "0.5", "--limit", "100", "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:5] == ["group", "s", "default", "IF", "paper"]
+    assert out[2].split()[:2] == ["2", "0.50"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--groups", "99", "--sparsities", "0.5"], "group 99 does not exist"),
+    (["--groups", "1", "--sparsities", "1.0"], "sparsity must be in [0, 1)"),
+])
+def test_sweep_bad_input_is_one_clear_line(checkpoint, capsys, args, message):
+    assert main(["sweep", checkpoint, "--arch", "vgg11_bn", "--dataset", "mnist5k", "--limit", "50", "--quiet",
+                 *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ")
+
+
+def test_missing_checkpoint_and_unknown_model(tmp_path, capsys):
+    assert main(["groups", str(tmp_path / "nope.pt"), "--arch", "vgg11_bn"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["groups", "no-such-model"]) == 2
+    assert "no bundled model 'no-such-model'" in capsys.readouterr().err
