@@ -171,11 +171,11 @@ class PruningGraph:
         for item in g:
             module, fn = item.dep.target.module, item.dep.handler
             name = self._names.get(module, type(module).__name__)
+            if isinstance(module, nn.Conv1d | nn.Conv2d) and module.groups != 1:
+                raise UnsupportedLayerError(_unsupported_message(name, module, "grouped/depthwise conv"))
             if fn in _OUT_FNS or fn in _IN_FNS or fn in _NORM_FNS:
                 if not isinstance(module, _SUPPORTED):
                     raise UnsupportedLayerError(_unsupported_message(name, module))
-                if isinstance(module, nn.Conv1d | nn.Conv2d) and module.groups != 1:
-                    raise UnsupportedLayerError(_unsupported_message(name, module, "grouped/depthwise conv"))
                 side = "out" if fn in _OUT_FNS else ("in" if fn in _IN_FNS else "norm")
                 out.append(LayerSlice(name, module, side, _index_matrix(item.idxs, item.root_idxs, n, name)))
             elif isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)):

@@ -175,16 +175,32 @@ def apply_map(slices: list[LayerSlice], map_out: np.ndarray, map_in: np.ndarray,
     alone is right for them.
     """
     slots_t = torch.as_tensor(np.asarray(slots), dtype=torch.long)
+    dtype = slices[0].module.weight.dtype if slices else torch.float32
+    maps = {"out": _as_operator(map_out, dtype), "in": _as_operator(map_in, dtype)}
     for s in slices:
-        tmap = torch.as_tensor(map_out if s.side != "in" else map_in, dtype=s.module.weight.dtype)
+        tmap = maps["in" if s.side == "in" else "out"]
         dest = s.index[slots_t]
         if s.side == "out":
             tensors = [s.module.weight] + ([s.module.bias] if s.module.bias is not None else [])
             for p in tensors:
-                p.data[dest] = torch.tensordot(tmap, p.data[s.index], dims=1)
+                p.data[dest] = _apply(tmap, p.data[s.index])
         elif s.side == "in":
             wt = s.module.weight.data.transpose(0, 1)
-            wt[dest] = torch.tensordot(tmap, wt[s.index], dims=1)
+            wt[dest] = _apply(tmap, wt[s.index])
         elif s.side == "norm" and getattr(s.module, "bias", None) is not None:
             b = s.module.bias.data
-            b[dest] = torch.tensordot(tmap, b[s.index], dims=1)
+            b[dest] = _apply(tmap, b[s.index])
+
+
+def _as_operator(tmap: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """The map as a tensor; sparse when it is (an exact OT plan has at most n + m - 1 non-zeros), which makes
+    the weight update O(nnz x features) instead of O(m x n x features)."""
+    t = torch.as_tensor(tmap, dtype=dtype)
+    return t.to_sparse() if (t != 0).sum() < 0.1 * t.numel() else t
+
+
+def _apply(tmap: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``tmap @ values`` along the first axis of ``values`` (n, ...) -> (m, ...)."""
+    flat = values.reshape(values.shape[0], -1)
+    out = torch.sparse.mm(tmap, flat) if tmap.is_sparse else tmap @ flat
+    return out.reshape((tmap.shape[0], *values.shape[1:]))
