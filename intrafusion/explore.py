@@ -4,8 +4,9 @@ The app's pages only draw; everything they show is computed here or elsewhere in
 
 - models:     :func:`groups_table`, :func:`group_dot` (which layers a group couples)
 - importance: :func:`importance_scores`, :func:`select_kept`, :func:`importance_order`, :func:`criteria_agreement`
-- transport:  :func:`source_labels`, :func:`target_labels`, :func:`neuron_flows`, :func:`projection_2d`,
-  :func:`flow_segments`
+- transport:  :func:`channel_features`, :func:`pairwise_cost`, :func:`kept_plan` (fast redraws),
+  :func:`source_labels`, :func:`target_labels`, :func:`target_order`, :func:`neuron_flows`,
+  :func:`projection_2d`, :func:`flow_segments`
 - sweeps:     :class:`SweepJob` and :func:`run_job` (resumable, stoppable between rows), :func:`sweep_cell`,
   :func:`sweep_curves`, :func:`rows_to_csv`, :func:`distances_by_label`
 - training:   :class:`FineTuneJob`, :func:`catch_up`
@@ -15,6 +16,7 @@ The app's pages only draw; everything they show is computed here or elsewhere in
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -32,7 +34,7 @@ from .groups import Group
 from .importance import CRITERIA, accumulate_gradients, group_importance
 from .prune import GroupRecord, PreparedModel, TransportOptions, kept_count
 from .sweep import SweepRow, method_label, sweep
-from .transport import cost_matrix, marginal, solve, transport_map
+from .transport import cost_matrix, feature_vectors, marginal, solve, transport_map
 
 __all__ = [
     "Agreement",
@@ -44,6 +46,7 @@ __all__ = [
     "ToyResult",
     "before_after_report",
     "catch_up",
+    "channel_features",
     "criteria_agreement",
     "distances_by_label",
     "export_model",
@@ -52,11 +55,14 @@ __all__ = [
     "groups_table",
     "importance_order",
     "importance_scores",
+    "kept_plan",
     "measure_latency",
     "model_report",
     "neuron_flows",
     "options_key",
+    "pairwise_cost",
     "projection_2d",
+    "recovery_summary",
     "rows_table",
     "rows_to_csv",
     "run_job",
@@ -66,6 +72,7 @@ __all__ = [
     "sweep_cell",
     "sweep_curves",
     "target_labels",
+    "target_order",
     "toy_errors",
     "toy_network",
     "toy_prune",
@@ -300,6 +307,61 @@ def criteria_agreement(scores: Mapping[str, np.ndarray], sparsity: float) -> Agr
 # --------------------------------------------------------------------------------------------- transport
 
 
+def channel_features(prepared: PreparedModel, group: int) -> np.ndarray:
+    """Feature vectors of all n channels of a group, as Intra-Fusion builds them (L2-normalised), (n, d)."""
+    graph = prepared.graph
+    return feature_vectors(graph.slices(graph.check_index(int(group)))).numpy()
+
+
+def pairwise_cost(features: np.ndarray, p: float = 1.0) -> np.ndarray:
+    """Cost between every pair of channels, (n, n): for kept targets the plan's cost is ``[:, kept]`` of this.
+
+    Computed once per group and exponent, it lets a view change sparsity, criterion and every other transport
+    option without recomputing distances (the slow part for p != 2).
+    """
+    x = torch.tensor(np.asarray(features), dtype=torch.float32)  # a copy: cached features are read-only
+    return cost_matrix(x, x, p).double().numpy()
+
+
+def kept_plan(group: Group, importance: np.ndarray, sparsity: float, criterion: str, options: TransportOptions,
+              full_cost: np.ndarray) -> GroupRecord:
+    """The record :func:`intrafusion.prune.plan_group` computes for kept targets, from a precomputed cost.
+
+    Parameters
+    ----------
+    group : Group
+    importance : array (n,)
+        The criterion's scores (see :func:`importance_scores`).
+    sparsity : float
+    criterion : str
+        Recorded only.
+    options : TransportOptions
+        ``target`` must be 'kept'; ``p`` must be the exponent ``full_cost`` was computed with.
+    full_cost : array (n, n)
+        From :func:`pairwise_cost`.
+
+    Returns
+    -------
+    GroupRecord
+        Same kept set, cost, marginals, plan and maps as ``plan_group`` (without feature vectors).
+    """
+    if options.target != "kept":
+        raise ValueError("kept_plan needs kept targets; plan centroid targets with intrafusion.prune.plan_group")
+    importance = np.asarray(importance, dtype=np.float64)
+    t0 = time.perf_counter()
+    kept, pruned = select_kept(importance, sparsity)
+    if len(kept) < 1:
+        raise ValueError(f"sparsity {sparsity} would remove all {len(importance)} channels of group {group.index}")
+    cost = np.ascontiguousarray(full_cost[:, kept])
+    mu = marginal(options.source_marginal, len(importance), importance)
+    nu = marginal(options.target_marginal, len(kept), importance[kept])
+    plan = solve(mu, nu, cost, options.solver, options.reg)
+    map_out, map_in = transport_map(plan, mu, options.normalization)
+    return GroupRecord(group=group, method="fusion", sparsity=float(sparsity), criterion=criterion,
+                       importance=importance, kept=kept, pruned=pruned, options=options, cost=cost, plan=plan,
+                       map_out=map_out, map_in=map_in, mu=mu, nu=nu, timings={"solve": time.perf_counter() - t0})
+
+
 def source_labels(record: GroupRecord) -> list[str]:
     """A label per source channel, in channel order: ``"#12"`` for kept, ``"#12 ✂"`` for pruned."""
     pruned = set(int(i) for i in record.pruned)
@@ -311,6 +373,18 @@ def target_labels(record: GroupRecord) -> list[str]:
     if record.options is not None and record.options.target == "centroids":
         return [f"centroid {t}" for t in range(record.plan.shape[1])]
     return [f"→#{int(c)}" for c in record.kept]
+
+
+def target_order(record: GroupRecord) -> np.ndarray:
+    """Plan columns in display order: kept targets by their channel's importance (most important first).
+
+    With sources also ordered by importance, the kept channels' own mass then lies on the diagonal of the top
+    block. Centroid targets are ordered by the importance-weighted mass they receive.
+    """
+    if record.options is not None and record.options.target == "centroids":
+        received = record.importance @ record.plan
+        return np.lexsort((np.arange(len(received)), -received))
+    return importance_order(record.importance[record.kept])
 
 
 @dataclass
@@ -421,20 +495,30 @@ def projection_2d(features: np.ndarray, target_features: np.ndarray | None = Non
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"features must be a non-empty (n, d) array, got shape {x.shape}")
     mean = x.mean(axis=0)
-    xc = x - mean
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    xc = torch.from_numpy(x - mean)
+    # Eigen-decomposition of the smaller of the Gram (n x n) and covariance (d x d) matrices, with torch: one GEMM
+    # plus a small eigh (LAPACK's SVD of a 512 x 9216 matrix can take seconds on a busy 2-core machine).
+    if xc.shape[0] <= xc.shape[1]:
+        vals, vecs = torch.linalg.eigh(xc @ xc.T)
+        vals, vecs = vals.flip(0).clamp_min(0), vecs.flip(1)
+        k = min(2, int((vals > vals[0] * 1e-12).sum())) if vals[0] > 0 else 0
+        axes_t = (xc.T @ vecs[:, :k]) / vals[:k].sqrt()
+    else:
+        vals, vecs = torch.linalg.eigh(xc.T @ xc)
+        vals, vecs = vals.flip(0).clamp_min(0), vecs.flip(1)
+        k = min(2, int((vals > vals[0] * 1e-12).sum())) if vals[0] > 0 else 0
+        axes_t = vecs[:, :k]
     axes = np.zeros((2, x.shape[1]))
-    k = min(2, vt.shape[0])
-    axes[:k] = vt[:k]
+    axes[:k] = axes_t.T.numpy()
     for i in range(k):
         j = int(np.argmax(np.abs(axes[i])))
         if axes[i, j] < 0:
             axes[i] = -axes[i]
-    var = s**2
-    total = float(var.sum())
+    total = float(vals.sum())
     explained = np.zeros(2)
     if total > 0:
-        explained[:k] = var[:k] / total
+        explained[:k] = vals[:k].numpy() / total
+    xc = xc.numpy()
     y = np.asarray(target_features, dtype=np.float64) if target_features is not None else np.zeros((0, x.shape[1]))
     return Projection(xc @ axes.T, (y - mean) @ axes.T if len(y) else np.zeros((0, 2)), explained)
 
@@ -766,6 +850,42 @@ def catch_up(reference: Sequence[float], other: Sequence[float]) -> list[int | N
     return out
 
 
+def recovery_summary(default: Sequence[float], fusion: Sequence[float], label: str = "Intra-Fusion") -> str:
+    """One or two sentences on how much fine-tuning fusion saves (or costs) compared with default pruning.
+
+    Parameters
+    ----------
+    default, fusion : sequences of test accuracy per epoch (index 0 = right after pruning)
+    label : str
+        How to name the fusion run.
+
+    Returns
+    -------
+    str
+    """
+    if not default or not fusion:
+        return ""
+    d0, f0 = default[0], fusion[0]
+    epochs = min(len(default), len(fusion)) - 1
+    if f0 > d0:
+        k = catch_up([f0], default)[0]
+        first = (f"{label} starts at {f0:.2f}%, default pruning at {d0:.2f}%: default pruning needs {k} epoch(s) "
+                 "of fine-tuning to reach where fusion starts." if k is not None else
+                 f"{label} starts at {f0:.2f}%, default pruning at {d0:.2f}%: default pruning does not reach that "
+                 f"within {len(default) - 1} epoch(s) (best {max(default):.2f}%).")
+    elif f0 < d0:
+        k = catch_up([d0], fusion)[0]
+        first = (f"Here default pruning starts higher ({d0:.2f}% vs {f0:.2f}% for {label}); fusion needs {k} "
+                 "epoch(s) to catch up." if k is not None else
+                 f"Here default pruning starts higher ({d0:.2f}% vs {f0:.2f}% for {label}) and fusion does not "
+                 f"catch up within {len(fusion) - 1} epoch(s).")
+    else:
+        first = f"Both start at {d0:.2f}%."
+    if epochs >= 1:
+        first += f" After {epochs} epoch(s): default {default[epochs]:.2f}%, {label} {fusion[epochs]:.2f}%."
+    return first
+
+
 # ------------------------------------------------------------------------------------------------ export
 
 
@@ -821,7 +941,7 @@ def model_report(model: nn.Module, example_inputs: torch.Tensor, inputs: torch.T
     Parameters
     ----------
     model : nn.Module
-        Not changed (MACs are counted on it in eval mode; torch-pruning's counter only adds hooks).
+        Not changed (MACs are counted on a copy), so a shared cached model can be measured.
     example_inputs : torch.Tensor
     inputs, labels : torch.Tensor, optional
         Test data; without them ``accuracy`` is None.
@@ -834,7 +954,7 @@ def model_report(model: nn.Module, example_inputs: torch.Tensor, inputs: torch.T
     -------
     dict
     """
-    macs, params = count_macs_params(model, example_inputs)
+    macs, params = count_macs_params(copy.deepcopy(model), example_inputs)  # the counter hooks the model: a copy
     out: dict = {"params": params, "macs": macs, "accuracy": None}
     if inputs is not None and labels is not None:
         ev = evaluate(model, inputs, labels, reference_logits)

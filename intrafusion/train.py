@@ -9,8 +9,9 @@
 * :func:`train_zoo_model` -- what ``python -m intrafusion train`` runs: build, train, save as safetensors
   and upsert the entry in the zoo manifest (see :mod:`intrafusion.zoo` for its format).
 
-No data augmentation is used: the bundled datasets are small, centred and easy enough (see
-``docs/ZOO.md`` for the accuracies reached).
+Zoo models are trained with the augmentation of :data:`ZOO_AUGMENTATION` for their dataset (random
+2-pixel shifts; flips for the animals; none for the flattened 8x8 digits), so the one training command
+of a manifest entry rebuilds its model. See ``docs/ZOO.md`` for the accuracies reached.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import copy
 import json
 import math
 import os
+import shlex
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -36,9 +38,11 @@ from .data import ASSETS_DIR, Preprocessing, get_info, load_dataset
 from .evaluate import count_macs_params, evaluate
 
 __all__ = [
+    "AUGMENTATIONS",
     "SCHEDULES",
     "EpochResult",
     "TrainHistory",
+    "ZOO_AUGMENTATION",
     "default_model_id",
     "describe_config",
     "fine_tune",
@@ -50,6 +54,20 @@ __all__ = [
 
 #: Learning-rate schedules of :func:`train`.
 SCHEDULES = ("cosine", "constant")
+#: Data augmentations of :func:`train`: none, random translation by up to 2 pixels, and that plus a random
+#: horizontal flip.
+AUGMENTATIONS = ("none", "shift", "shift+flip")
+_SHIFT = 2
+#: Augmentation :func:`train_zoo_model` uses for each dataset (no flips for digits; none for flattened inputs).
+ZOO_AUGMENTATION = {
+    "mnist5k": "shift",
+    "animals10k": "shift+flip",
+    "digits8x8": "none",
+    "mnist": "shift",
+    "fashion_mnist": "shift",
+    "cifar10": "shift+flip",
+    "cifar100": "shift+flip",
+}
 
 _DEFAULT_LR = 0.05
 _DEFAULT_BATCH = 128
@@ -123,9 +141,13 @@ class TrainHistory:
 
     @property
     def seconds_per_epoch(self) -> float:
-        """Mean training-pass time of the completed training epochs (epoch 0 excluded)."""
-        times = [e.seconds for e in self.epochs if e.epoch > 0]
-        return float(sum(times) / len(times)) if times else float("nan")
+        """Median training-pass time of the training epochs (epoch 0 excluded; the median ignores epochs
+        slowed down by other work on a shared machine)."""
+        times = sorted(e.seconds for e in self.epochs if e.epoch > 0)
+        if not times:
+            return float("nan")
+        mid = len(times) // 2
+        return float(times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid]))
 
     def to_dict(self) -> dict:
         return {"epochs": [e.to_dict() for e in self.epochs], "stopped_early": self.stopped_early}
@@ -169,6 +191,29 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 
 @torch.no_grad()
+def _augment(xb: torch.Tensor, how: str, fill: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Shift every image by up to ``_SHIFT`` pixels (background ``fill`` enters), optionally flip it."""
+    if how == "none":
+        return xb
+    n, _, h, w = xb.shape
+    s = _SHIFT
+    padded = fill.view(1, -1, 1, 1).expand(n, -1, h + 2 * s, w + 2 * s).clone()
+    padded[:, :, s : s + h, s : s + w] = xb
+    oy = torch.randint(0, 2 * s + 1, (n,), generator=generator)
+    ox = torch.randint(0, 2 * s + 1, (n,), generator=generator)
+    out = torch.empty_like(xb)
+    for dy in range(2 * s + 1):
+        for dx in range(2 * s + 1):
+            sel = ((oy == dy) & (ox == dx)).nonzero().flatten()
+            if len(sel):
+                out[sel] = padded[sel, :, dy : dy + h, dx : dx + w]
+    if how == "shift+flip":
+        flip = torch.rand(n, generator=generator) < 0.5
+        out[flip] = out[flip].flip(-1)
+    return out
+
+
+@torch.no_grad()
 def _eval_loss_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> tuple[float, float]:
     model.eval()
     loss, correct = 0.0, 0
@@ -195,6 +240,7 @@ def train(
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
     eval_before: bool = False,
+    augment: str = "none",
 ) -> TrainHistory:
     """Train ``model`` in place with SGD and return its per-epoch history.
 
@@ -225,6 +271,10 @@ def train(
     eval_before : bool, default False
         Record an epoch-0 entry: the untouched model's loss/accuracy on the train split and its test
         accuracy (reported to ``on_epoch`` too).
+    augment : {'none', 'shift', 'shift+flip'}
+        Image augmentation of the training batches (image inputs ``(N, C, H, W)`` only): a random
+        translation by up to 2 pixels in each direction (the background, the smallest input value of each
+        channel, fills in), and with ``shift+flip`` a random horizontal flip.
 
     Returns
     -------
@@ -244,10 +294,16 @@ def train(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    augment = augment or "none"
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
     epochs, batch_size = int(epochs), int(batch_size)
     x, y = _tensors(train_set)
     if len(x) == 0:
         raise ValueError("the training set is empty")
+    if augment != "none" and x.dim() != 4:
+        raise ValueError(f"augmentation {augment!r} needs image inputs (N, C, H, W), got shape {tuple(x.shape)}")
+    fill = x.amin(dim=(0, 2, 3)) if augment != "none" else None
     x_test, y_test = _tensors(test_set) if test_set is not None else (None, None)
 
     def test_accuracy() -> tuple[float, float]:
@@ -293,6 +349,8 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = current_lr
                 xb, yb = x[idx], y[idx]
+                if fill is not None:
+                    xb = _augment(xb, augment, fill, generator)
                 out = model(xb)
                 loss = F.cross_entropy(out, yb)
                 optimizer.zero_grad(set_to_none=True)
@@ -341,6 +399,7 @@ def fine_tune(
     on_epoch: Callable[[EpochResult], None] | None = None,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    augment: str = "none",
     root: str | os.PathLike | None = None,
 ) -> tuple[nn.Module, TrainHistory]:
     """Fine-tune a copy of a (pruned) model on its dataset's train split.
@@ -357,7 +416,7 @@ def fine_tune(
         Fine-tuning epochs (a few recover most of the accuracy lost to pruning).
     lr : float, default 0.01
         Peak learning rate (lower than from-scratch training).
-    momentum, weight_decay, batch_size, seed, schedule, on_epoch, progress, should_stop
+    momentum, weight_decay, batch_size, seed, schedule, on_epoch, progress, should_stop, augment
         As in :func:`train`.
     root : path, optional
         Data folder for torchvision datasets.
@@ -382,7 +441,7 @@ def fine_tune(
     test_set = load_dataset(dataset_id, "test", root=root, preprocessing=preprocessing)
     history = train(work, train_set, test_set, epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     batch_size=batch_size, seed=seed, schedule=schedule, on_epoch=on_epoch, progress=progress,
-                    should_stop=should_stop, eval_before=True)
+                    should_stop=should_stop, eval_before=True, augment=augment)
     return work, history
 
 
@@ -425,10 +484,11 @@ def describe_config(config: ArchConfig) -> str:
 
 def train_command(arch: str, width: float, dataset: str, epochs: int, seed: int = 0, model_id: str | None = None,
                   out_dir: str | os.PathLike | None = None, lr: float = _DEFAULT_LR,
-                  batch_size: int = _DEFAULT_BATCH) -> str:
+                  batch_size: int = _DEFAULT_BATCH, augment: str | None = None) -> str:
     """The ``python -m intrafusion train ...`` line that runs :func:`train_zoo_model` with these arguments.
 
-    ``--id`` appears only for a non-default id, ``--out`` only outside the bundled zoo folder.
+    ``--id`` appears only for a non-default id, ``--out`` only outside the bundled zoo folder, ``--augment``
+    only when it differs from the dataset's :data:`ZOO_AUGMENTATION`.
     """
     from .zoo import MODELS_DIR
 
@@ -436,8 +496,10 @@ def train_command(arch: str, width: float, dataset: str, epochs: int, seed: int 
            f"--seed {seed} --lr {lr:g} --batch-size {batch_size}")
     if model_id is not None and model_id != default_model_id(arch, dataset):
         cmd += f" --id {model_id}"
+    if augment is not None and augment != ZOO_AUGMENTATION.get(dataset, "none"):
+        cmd += f" --augment {augment}"
     if out_dir is not None and Path(out_dir).resolve() != MODELS_DIR.resolve():
-        cmd += f" --out {Path(out_dir)}"
+        cmd += f" --out {shlex.quote(str(Path(out_dir)))}"
     return cmd
 
 
@@ -500,6 +562,7 @@ def train_zoo_model(
     lr: float = _DEFAULT_LR,
     batch_size: int = _DEFAULT_BATCH,
     progress: bool = True,
+    augment: str | None = None,
 ) -> dict:
     """Train a model from scratch, save it as safetensors and register it in the zoo manifest.
 
@@ -523,6 +586,8 @@ def train_zoo_model(
     batch_size : int, default 128
     progress : bool, default True
         tqdm progress bar on stderr.
+    augment : {'none', 'shift', 'shift+flip'}, optional
+        Default: the dataset's :data:`ZOO_AUGMENTATION`.
 
     Returns
     -------
@@ -537,6 +602,7 @@ def train_zoo_model(
     if not model_id or any(c in model_id for c in "/\\ ") or model_id.startswith("."):
         raise ValueError(f"invalid model id {model_id!r}: use letters, digits, '-', '_' and '.'")
     out = Path(out_dir) if out_dir is not None else zoo.MODELS_DIR
+    aug = augment if augment is not None else ZOO_AUGMENTATION.get(dataset, "none")
     config = zoo_arch_config(arch, width, dataset)
     pre = get_info(dataset).preprocessing
     train_set = load_dataset(dataset, "train", preprocessing=pre)
@@ -544,7 +610,8 @@ def train_zoo_model(
 
     torch.manual_seed(seed)
     model = build_model(config)
-    history = train(model, train_set, test_set, epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+    history = train(model, train_set, test_set, epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
+                    augment=aug)
     x_test, y_test = test_set.tensors
     accuracy = evaluate(model, x_test, y_test).accuracy
     eval_seconds = _best_eval_seconds(model, x_test, y_test)
@@ -566,7 +633,7 @@ def train_zoo_model(
         "seed": int(seed),
         "optimizer": {"name": "SGD", "lr": lr, "momentum": _MOMENTUM, "weight_decay": _WEIGHT_DECAY,
                       "nesterov": False, "schedule": "cosine (per batch)", "batch_size": batch_size,
-                      "augmentation": "none", "loss": "cross-entropy"},
+                      "augmentation": aug, "loss": "cross-entropy"},
         "test_accuracy": accuracy,
         "params": params,
         "macs": macs,
@@ -575,7 +642,7 @@ def train_zoo_model(
         "eval_seconds": round(eval_seconds, 4),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__.split("+")[0],
-        "command": train_command(arch, width, dataset, epochs, seed, model_id, out_dir, lr, batch_size),
+        "command": train_command(arch, width, dataset, epochs, seed, model_id, out_dir, lr, batch_size, aug),
         "description": f"{describe_config(config)}, trained {epochs} epochs from scratch on {info.name} "
                        f"({info.train_size} train images); {accuracy:.2f}% on its {info.test_size} test images",
     }

@@ -1,0 +1,128 @@
+"""Learn: Intra-Fusion on a toy network small enough to see every neuron, flow and output."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from intrafusion import explore
+from pages import _common as common
+
+common.ensure_app()
+
+st.title("Learn: fusing beats dropping")
+st.markdown(
+    """
+A **group** is a set of neurons that are pruned together. Every pruning method first gives each neuron an
+**importance** score and keeps the m most important.
+
+* **Default pruning** then simply *drops* the others: whatever they computed is lost.
+* **Intra-Fusion** keeps the same m neurons but first *fuses* every neuron into them. An **optimal-transport
+  plan** P moves each neuron's mass (1/n) onto the kept neurons (capacity 1/m each), preferring close pairs: the
+  cost is the distance between the neurons' weight vectors. Each kept neuron becomes a combination of the neurons
+  that flow into it.
+
+Below, a tiny network f(x) = Σᵢ vᵢ · relu(wᵢ·x + bᵢ) on 2-D inputs. Each hidden neuron is a point wᵢ (its incoming
+weights); twins (A, A′) are copies of the same neuron.
+"""
+)
+
+c1, c2, c3, c4 = st.columns(4)
+scenario = c1.radio("Example", ["Twins (duplicated neurons)", "Random neurons"], key="learn_scenario")
+twins = scenario.startswith("Twins")
+if twins:
+    n_unique = c2.slider("Distinct neurons", 2, 5, 3, key="learn_unique")
+    jitter = c3.slider("How different twins are (noise)", 0.0, 0.5, 0.0, 0.05, key="learn_jitter")
+    seed = c4.number_input("Seed", 0, 999, 1, key="learn_seed_twins")
+    net = explore.toy_network(n_unique, 2, jitter, int(seed))
+    keep = list(range(0, net.n, 2))  # one of each pair: importance cannot tell exact twins apart
+    sparsity = 0.5
+    st.caption("Prune 50%: keep A, B, C, … and remove their twins A′, B′, C′, … (twins have equal importance, so "
+               "here we choose which one stays).")
+else:
+    n = c2.slider("Neurons", 4, 12, 8, key="learn_n")
+    sparsity = c3.select_slider("Sparsity", [0.25, 0.375, 0.5, 0.625, 0.75], value=0.5, key="learn_sparsity")
+    seed = c4.number_input("Seed", 0, 999, 0, key="learn_seed_random")
+    net = explore.toy_network(n, 1, 0.0, int(seed))
+    keep = None
+    st.caption("Neurons kept by l1 importance (the largest weights).")
+
+results = {
+    "default": explore.toy_prune(net, sparsity, "default", keep=keep),
+    "fusion (paper)": explore.toy_prune(net, sparsity, "fusion", "paper", keep=keep),
+    "fusion (function-preserving)": explore.toy_prune(net, sparsity, "fusion", "function-preserving", keep=keep),
+}
+fusion = results["fusion (paper)"]
+show = st.radio("Show the fused neurons of", ["fusion (paper)", "fusion (function-preserving)"], horizontal=True,
+                key="learn_show", help="paper: incoming weights SUMMED; function-preserving: AVERAGED")
+
+fig = go.Figure()
+xs, ys, widths = [], [], []
+for s in range(net.n):
+    for t in np.flatnonzero(fusion.plan[s] > 1e-12):
+        k = fusion.kept[t]
+        if k == s:
+            continue
+        fig.add_trace(go.Scatter(x=[net.w[s, 0], net.w[k, 0]], y=[net.w[s, 1], net.w[k, 1]], mode="lines",
+                                 line=dict(color="#ff7f0e", width=1 + 8 * fusion.plan[s, t] * net.n),
+                                 showlegend=False, hoverinfo="text",
+                                 text=f"{net.names[s]} → {net.names[k]}: {100 * fusion.plan[s, t] * net.n:.0f}% of "
+                                      f"its mass, cost {fusion.cost[s, t]:.2f}"))
+kept_mask = np.isin(np.arange(net.n), fusion.kept)
+for name, mask, symbol, size, where in (("kept", kept_mask, "circle", 14, "top left"),
+                                       ("pruned", ~kept_mask, "circle-open", 24, "top right")):
+    idx = np.flatnonzero(mask)  # pruned twins drawn as larger rings, so a twin on top of its partner stays visible
+    fig.add_trace(go.Scatter(x=net.w[idx, 0], y=net.w[idx, 1], mode="markers+text", name=name,
+                             text=[net.names[i] for i in idx], textposition=where,
+                             marker=dict(size=size, symbol=symbol, color=common.COLORS[name], line=dict(width=2))))
+fused = results[show].net
+fig.add_trace(go.Scatter(x=fused.w[:, 0], y=fused.w[:, 1], mode="markers+text", name=f"fused ({show})",
+                         text=[nm + "*" for nm in fused.names], textposition="bottom center",
+                         marker=dict(size=14, symbol="star", color="#2ca02c")))
+fig.add_trace(go.Scatter(x=[0], y=[0], mode="markers", marker=dict(size=6, color="black"), name="origin"))
+fig.update_xaxes(title="w₁ (incoming weight from x₁)", zeroline=True)
+fig.update_yaxes(title="w₂", scaleanchor="x", scaleratio=1, zeroline=True)
+st.plotly_chart(common.figure_layout(fig, "Neurons as points; orange: the transport plan (thicker = more mass)", 480),
+                key="toy_points")
+
+angle = st.slider("Direction of the input line (degrees)", 0, 180, 30, key="learn_angle")
+t = np.linspace(-2.5, 2.5, 201)
+u = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))])
+line = t[:, None] * u[None, :]
+out = go.Figure(go.Scatter(x=t, y=net(line), name="original", line=dict(color="black", width=4)))
+for label, res in results.items():
+    out.add_trace(go.Scatter(x=t, y=res.net(line), name=label, line=dict(color=common.method_color(label),
+                                                                       dash="dash" if label == "default" else None)))
+out.update_xaxes(title="position along the line x = t·(cos θ, sin θ)")
+out.update_yaxes(title="f(x)")
+errors = explore.toy_errors(net, results.values())
+left, right = st.columns([2, 1])
+left.plotly_chart(common.figure_layout(out, "Output of the pruned networks", 380), key="toy_outputs")
+bars = go.Figure(go.Bar(x=list(errors), y=list(errors.values()),
+                        marker_color=[common.method_color(k) for k in errors],
+                        text=[f"{v:.3f}" for v in errors.values()], textposition="outside"))
+bars.update_yaxes(title="RMS error vs the original")
+right.plotly_chart(common.figure_layout(bars, "Error on a grid of inputs", 380), key="toy_errors")
+
+if twins:
+    x0 = 1.5 * net.w[:1] / np.linalg.norm(net.w[0])  # a point where neuron A is active
+    a = net.contributions(x0)[0]
+    pair = a[0] + a[1]
+    st.markdown(
+        f"""
+**Sum or average?** At x = ({x0[0, 0]:.2f}, {x0[0, 1]:.2f}), twins A and A′ contribute
+{a[0]:.3f} + {a[1]:.3f} = **{pair:.3f}** to the output. After pruning A′:
+
+* default pruning keeps A only: **{results['default'].net.contributions(x0)[0][0]:.3f}** (half of the pair lost);
+* Intra-Fusion, paper normalisation: A* gets wA + wA′ and vA + vA′ — incoming and outgoing weights both summed,
+  so its contribution is **{results['fusion (paper)'].net.contributions(x0)[0][0]:.3f}** (twice the pair's);
+* Intra-Fusion, function-preserving: A* gets the *average* of the incoming weights and the *sum* of the outgoing
+  ones: **{results['fusion (function-preserving)'].net.contributions(x0)[0][0]:.3f}**, exactly the pair's.
+
+With exact twins the plan sends every twin entirely to its partner (cost 0), so function-preserving fusion loses
+nothing at all. Add noise to the twins, or switch to random neurons, to see the plan compromise. In real networks
+the paper's map is sometimes *more* accurate despite not preserving the function: the explorer's Fusion vs pruning
+page lets the data decide.
+"""
+    )
