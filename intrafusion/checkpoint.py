@@ -557,6 +557,7 @@ def save_model(
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are not secrets
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

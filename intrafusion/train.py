@@ -317,8 +317,7 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     for p in model.parameters():
         p.requires_grad_(True)
-    params = [p for p in model.parameters()]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(list(model.parameters()), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps_per_epoch = len(_batches(len(x), batch_size, torch.Generator().manual_seed(0)))
     total_steps = epochs * steps_per_epoch
     history = TrainHistory()
@@ -466,7 +465,7 @@ def zoo_arch_config(arch: str, width: float, dataset: str) -> ArchConfig:
     info = get_info(dataset)
     pre = info.preprocessing
     if arch == "mlp":
-        return ArchConfig(arch="mlp", width=width, num_classes=info.num_classes,
+        return ArchConfig(arch="mlp", width=width, num_classes=info.num_classes, in_channels=pre.channels,
                           in_features=int(math.prod(pre.input_shape)))
     return ArchConfig(arch=arch, width=width, num_classes=info.num_classes, in_channels=pre.channels)
 
@@ -516,11 +515,16 @@ def _split_text(dataset: str) -> str:
             + (f" (numpy default_rng({seed}))" if seed != "" else ""))
 
 
+def _readable(path: Path) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the usual repository permissions (0644)."""
+    os.chmod(path, 0o644)
+
+
 def _write_manifest(out_dir: Path, entry: dict) -> Path:
     """Insert or replace ``entry`` (by id) in ``out_dir/manifest.json``; sorted keys, indent 2, atomic."""
     path = out_dir / "manifest.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    models = [m for m in data.get("models", [])]
+    models = list(data.get("models", []))
     for i, m in enumerate(models):
         if m.get("id") == entry["id"]:
             models[i] = entry
@@ -534,6 +538,7 @@ def _write_manifest(out_dir: Path, entry: dict) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(data, sort_keys=True, indent=2) + "\n")
+        _readable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -620,6 +625,7 @@ def train_zoo_model(
     file = out / f"{model_id}.safetensors"
     save_model(model, config, file, metadata={"dataset": dataset, "preprocessing": pre.to_dict(),
                                               "test_accuracy": accuracy, "id": model_id})
+    _readable(file)
     info = get_info(dataset)
     entry = {
         "id": model_id,

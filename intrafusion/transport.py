@@ -18,7 +18,6 @@ duplicate neurons (see the reference, section 3.1).
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 
 from .groups import LayerSlice
@@ -139,6 +138,8 @@ def solve(mu: np.ndarray, nu: np.ndarray, cost: np.ndarray, solver: str = "emd",
     ``sinkhorn``: entropic OT, ``reg`` relative to the largest cost (the cost is divided by its maximum),
     log-domain iterations so small ``reg`` stays stable; marginals hold approximately.
     """
+    import ot  # POT takes ~1.5 s to import: only pay for it when a plan is solved (app cold start)
+
     cost = np.ascontiguousarray(cost, dtype=np.float64)
     if solver == "emd":
         return ot.emd(mu, nu, cost, numItermax=1_000_000)

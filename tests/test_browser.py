@@ -130,6 +130,16 @@ def plot_points(pg, index: int = 0) -> int:
     return pg.locator(".js-plotly-plot").nth(index).locator("g.points path").count()
 
 
+def wait_until(check, timeout: float = 30.0) -> bool:
+    """Poll ``check()`` until it is true (charts are drawn a moment after the script sends them)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return bool(check())
+
+
 def progress_text(pg) -> str:
     bars = pg.locator('[data-testid="stProgress"]')
     return bars.first.inner_text() if bars.count() else ""
@@ -183,7 +193,7 @@ def _walk(server, page):
     while time.time() < deadline and not re.search(r"running: [1-9]", progress_text(pg)):
         time.sleep(0.2)
     assert re.search(r"running: [1-9]", progress_text(pg)), progress_text(pg)
-    assert plot_points(pg) >= 1  # the curve started before the sweep ended
+    assert wait_until(lambda: plot_points(pg) >= 1)  # the curve started before the sweep ended
     shot(pg, "04_sweep_running")
     pg.get_by_role("button", name="Stop").click()
     wait_idle(pg)
@@ -204,7 +214,7 @@ def _walk(server, page):
     wait_idle(pg)
     no_exception(pg)
     n_cells = int(re.search(r"done: (\d+) cells", progress_text(pg)).group(1))
-    assert plot_points(pg) >= n_cells  # every cell is a point on a curve
+    assert wait_until(lambda: plot_points(pg) >= n_cells)  # every cell is a point on a curve
     assert pg.get_by_role("button", name="Download CSV").count() == 1
     shot(pg, "06_sweep_done")
 
@@ -213,7 +223,7 @@ def _walk(server, page):
     pg.get_by_text("done", exact=True).wait_for(timeout=90_000)
     wait_idle(pg)
     no_exception(pg)
-    assert plot_points(pg) >= 2 * 4  # two methods, epochs 0..3
+    assert wait_until(lambda: plot_points(pg) >= 2 * 4)  # two methods, epochs 0..3
     shot(pg, "07_finetune")
 
     go(pg, "Learn")
