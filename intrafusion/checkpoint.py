@@ -551,19 +551,24 @@ def save_model(
         The written path.
     """
     path = Path(path)
-    data = model_to_bytes(model, config, metadata)
+    write_atomic(path, model_to_bytes(model, config, metadata))
+    return path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are not secrets
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights and manifests are not secrets
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
 
 
 def sha256_file(path: str | os.PathLike) -> str:

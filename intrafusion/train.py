@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shlex
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from .architectures import ArchConfig, build_model
-from .checkpoint import save_model, sha256_file
+from .checkpoint import save_model, sha256_file, write_atomic
 from .data import ASSETS_DIR, Preprocessing, get_info, load_dataset
 from .evaluate import count_macs_params, evaluate
 
@@ -515,11 +514,6 @@ def _split_text(dataset: str) -> str:
             + (f" (numpy default_rng({seed}))" if seed != "" else ""))
 
 
-def _readable(path: Path) -> None:
-    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the usual repository permissions (0644)."""
-    os.chmod(path, 0o644)
-
-
 def _write_manifest(out_dir: Path, entry: dict) -> Path:
     """Insert or replace ``entry`` (by id) in ``out_dir/manifest.json``; sorted keys, indent 2, atomic."""
     path = out_dir / "manifest.json"
@@ -534,16 +528,7 @@ def _write_manifest(out_dir: Path, entry: dict) -> Path:
     data["models"] = models
     data.setdefault("about", "Bundled Intra-Fusion Explorer models; `command` rebuilds each file "
                              "(see docs/ZOO.md). Checksums (sha256) are verified on load.")
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, sort_keys=True, indent=2) + "\n")
-        _readable(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, (json.dumps(data, sort_keys=True, indent=2) + "\n").encode())
     return path
 
 
@@ -625,7 +610,6 @@ def train_zoo_model(
     file = out / f"{model_id}.safetensors"
     save_model(model, config, file, metadata={"dataset": dataset, "preprocessing": pre.to_dict(),
                                               "test_accuracy": accuracy, "id": model_id})
-    _readable(file)
     info = get_info(dataset)
     entry = {
         "id": model_id,

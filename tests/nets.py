@@ -69,21 +69,20 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 
 @torch.no_grad()
 def duplicate(base: nn.Module, wide: nn.Module) -> nn.Module:
-    """Load into ``wide`` (same class, one group twice as wide) a copy of ``base`` whose group channels come
+    """Load into ``wide`` (same class, some groups twice as wide) a copy of ``base`` whose group channels come
     in exact duplicate pairs: channel c and c + n have identical producer rows (and BN entries), and the
     consumers read each copy with half the original column. ``wide`` then computes exactly what ``base`` does.
     """
     sd = {}
     wide_sd = wide.state_dict()
     for k, v in base.state_dict().items():
-        w = wide_sd[k]
-        if v.shape == w.shape:
-            sd[k] = v.clone()
-        elif v.dim() >= 1 and w.shape[0] == 2 * v.shape[0] and w.shape[1:] == v.shape[1:]:
-            sd[k] = torch.cat([v, v], 0)  # producer rows / BN entries: duplicated
-        elif v.dim() >= 2 and w.shape[1] == 2 * v.shape[1]:
-            sd[k] = torch.cat([v / 2, v / 2], 1)  # consumer columns: halved, so the sum is unchanged
-        else:
+        w, out = wide_sd[k], v.clone()
+        if out.dim() >= 1 and w.shape[0] == 2 * out.shape[0]:
+            out = torch.cat([out, out], 0)  # producer rows / BN entries: duplicated
+        if out.dim() >= 2 and w.shape[1] == 2 * out.shape[1]:
+            out = torch.cat([out / 2, out / 2], 1)  # consumer columns: halved, so the sum is unchanged
+        if out.shape != w.shape:
             raise AssertionError(f"cannot duplicate {k}: {tuple(v.shape)} -> {tuple(w.shape)}")
+        sd[k] = out
     wide.load_state_dict(sd)
     return wide.eval()

@@ -299,3 +299,16 @@ def test_cost_to_kept_targets_uses_symmetry_correctly():
     for p in (1.0, 3.0):
         torch.testing.assert_close(cost_matrix(x, x[kept], p, kept=kept), cost_matrix(x, x[kept], p),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_duplicates_two_groups_pruned_together_stay_exact():
+    """Whole-model oracle: both groups of a conv net duplicated and fused in one call (each scored and
+    transported on the model as the previous group left it) still reproduce the original outputs."""
+    base = _seeded(TinyConv, 6, 5)
+    wide = duplicate(base, TinyConv(12, 10))
+    x = torch.randn(4, 3, 8, 8)
+    imp = {g: np.r_[np.full(n, 2.0), np.ones(n)] for g, n in ((0, 5), (1, 6))}
+    for order in ([0, 1], [1, 0]):
+        res = prune(wide, x[:1], order, 0.5, method="fusion",
+                    options=TransportOptions(normalization="function-preserving"), importance=imp)
+        assert (_out(res.model, x) - _out(base, x)).abs().max().item() < 1e-4

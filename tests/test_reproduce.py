@@ -1,6 +1,6 @@
 """The reproduction command: structure of its outputs and the inequalities the paper predicts.
 
-``run_reproduction(quick=True)`` runs ONCE for the whole module (about a minute on 2 cores) on the default bundled
+``run_reproduction(quick=True)`` runs ONCE for the whole module (about 15 s on one core) on the default bundled
 model; the tests then read what it wrote. The unit tests at the end need no bundled model.
 """
 
