@@ -195,21 +195,37 @@ def prepared_for(model_key: str, _loaded: LoadedModel) -> Prepared:
     return Prepared(prepare(_loaded.model, _loaded.example_inputs), threading.Lock())
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+DATA_ROOT = "data_root"
+
+
+def data_root() -> str | None:
+    """This session's folder of torchvision datasets (set on the Model page; None: $INTRAFUSION_DATA or ./data)."""
+    return st.session_state.get(DATA_ROOT) or None
+
+
 def eval_set(dataset: str, pre_json: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Test inputs and labels (a class-balanced subset of ``limit`` samples), shared read-only."""
+    return _eval_set(dataset, pre_json, limit, data_root())
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _eval_set(dataset: str, pre_json: str, limit: int | None, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     # download=False: a request never waits minutes for a download; an absent dataset says where to put it
-    test = load_dataset(dataset, "test", preprocessing=Preprocessing.from_dict(pre_json), download=False)
+    test = load_dataset(dataset, "test", root=root, preprocessing=Preprocessing.from_dict(pre_json), download=False)
     if limit:
         test = subset(test, int(limit), seed=0)
     x, y = test.tensors
     return x, y
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
 def taylor_batches(dataset: str, pre_json: str, n_batches: int = 4, batch: int = 64) -> list:
     """A few fixed training batches for the Taylor criterion (as the command line uses)."""
-    train = load_dataset(dataset, "train", preprocessing=Preprocessing.from_dict(pre_json), download=False)
+    return _taylor_batches(dataset, pre_json, n_batches, batch, data_root())
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _taylor_batches(dataset: str, pre_json: str, n_batches: int, batch: int, root: str | None) -> list:
+    train = load_dataset(dataset, "train", root=root, preprocessing=Preprocessing.from_dict(pre_json), download=False)
     x, y = train.tensors
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: n_batches * batch]
     return [(x[idx[i : i + batch]], y[idx[i : i + batch]]) for i in range(0, len(idx), batch)]
@@ -226,12 +242,15 @@ def reference_logits(model_key: str, _loaded: LoadedModel, limit: int | None) ->
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def model_stats(model_key: str, _loaded: LoadedModel) -> dict:
-    """Parameters, MACs and (when the dataset is there) test accuracy of the unpruned model."""
+def model_stats(model_key: str, _loaded: LoadedModel, root: str | None = None) -> dict:
+    """Parameters, MACs and (when the dataset is in ``root``) test accuracy of the unpruned model.
+
+    ``root`` is part of the cache key: a missing dataset is a result here, and pointing the session at another
+    data folder must measure again."""
     macs, params = count_macs_params(copy.deepcopy(_loaded.model), _loaded.example_inputs)
     out = {"params": params, "macs": macs, "accuracy": None, "test_samples": 0, "data_error": None}
     try:
-        x, y = eval_set(_loaded.dataset, _loaded.preprocessing.to_json(), None)
+        x, y = _eval_set(_loaded.dataset, _loaded.preprocessing.to_json(), None, root)
     except (DatasetUnavailable, FileNotFoundError) as exc:
         out["data_error"] = str(exc)
         return out

@@ -75,7 +75,7 @@ st.subheader("1. Prune every group")
 try:
     with st.spinner("Pruning every group with each method and evaluating…"):
         table = [_evaluate_pruned(cur.key, cur, lb, sparsity, criterion) for lb in labels]
-    stats = common.model_stats(cur.key, cur.loaded)
+    stats = common.model_stats(cur.key, cur.loaded, common.data_root())
 except common.ERRORS as exc:
     common.show_error(exc, "Cannot prune the whole model")
     st.stop()
@@ -129,7 +129,7 @@ else:
     jkey = job.settings["model_key"]
     try:
         jcur = common.Current(jkey, common.loaded_for(jkey))
-        base = common.model_stats(jkey, jcur.loaded)["accuracy"]
+        base = common.model_stats(jkey, jcur.loaded, common.data_root())["accuracy"]
     except common.ERRORS as exc:
         common.show_error(exc, "Cannot fine-tune")
         st.stop()

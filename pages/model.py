@@ -40,6 +40,10 @@ with st.expander("Upload a checkpoint", expanded=not common.zoo_ids()):
                  help="'infer' reads it from the file's metadata or its tensor names and shapes")
     c2.selectbox("Dataset it was trained on", list(DATASETS), key="upload_dataset",
                  help="decides the inputs the model is evaluated on")
+    st.text_input("Folder of torchvision datasets (CIFAR-10/100, MNIST, Fashion-MNIST)", key=common.DATA_ROOT,
+                  placeholder="empty: $INTRAFUSION_DATA, else ./data",
+                  help="Where the real datasets are read from (this session only). The app never downloads: "
+                       "an absent dataset gets a message saying what to put in this folder.")
     st.file_uploader("Checkpoint", type=["safetensors", "pt", "pth", "bin", "ckpt"], key="upload_file")
     st.button("Load checkpoint", on_click=_on_load, type="primary")
     if st.session_state.get(common.UPLOAD_ERROR):
@@ -71,7 +75,7 @@ st.plotly_chart(common.figure_layout(fig, "Channels per group (orange: residual 
 
 with metrics:
     try:
-        stats = common.model_stats(cur.key, loaded)
+        stats = common.model_stats(cur.key, loaded, common.data_root())
     except common.ERRORS as exc:
         common.show_error(exc, f"Cannot measure {cur.name}")
         st.stop()

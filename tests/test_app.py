@@ -373,3 +373,27 @@ def test_export_page_report_and_downloads(sizes):
     assert sum(p.numel() for p in model.parameters()) == rep["after"]["params"]
     assert meta["pruning"]["method"] == "fusion" and meta["dataset"] == "digits8x8"
     assert len(at.dataframe[0].value) == 2
+
+
+def test_data_folder_option_reads_a_torchvision_dataset(tmp_path, monkeypatch):
+    """The Model page's data-folder box points this session at a folder of torchvision datasets."""
+    import struct
+
+    import numpy as np
+
+    monkeypatch.setenv("INTRAFUSION_DATA", str(tmp_path / "elsewhere"))
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 30), ("t10k", 20)):
+        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", np.arange(n) % 10)):
+            head = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+            (raw / f"{stem}-{kind}-ubyte").write_bytes(head + arr.astype(np.uint8).tobytes())
+    vgg = ArchConfig(arch="vgg11_bn", width=0.0625, in_channels=1)
+    data, _ = explore.export_model(build_model(vgg).eval(), vgg)
+    at = _upload(app(), data, "mnist.safetensors", dataset="mnist")
+    assert any("MNIST" in e.value for e in at.error)  # not in $INTRAFUSION_DATA: named
+    at.text_input(key="data_root").set_value(str(tmp_path))
+    at = _upload(at.run(), data, "mnist.safetensors", dataset="mnist")
+    ok(at)
+    assert at.selectbox(key="model_key").value.startswith("upload:")
