@@ -80,13 +80,11 @@ def _eval_data(loaded, args, limit: int | None):
     return test.tensors
 
 
-def _taylor_batches(loaded, args, n_batches: int = 4, batch: int = 64):
-    from .data import load_dataset
+def _taylor_batches(loaded, args):
+    from .data import load_dataset, sample_batches
 
     train = load_dataset(loaded.dataset, "train", root=args.data, preprocessing=loaded.preprocessing)
-    x, y = train.tensors
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: n_batches * batch]
-    return [(x[idx[i : i + batch]], y[idx[i : i + batch]]) for i in range(0, len(idx), batch)]
+    return sample_batches(*train.tensors)
 
 
 def cmd_sweep(args) -> int:

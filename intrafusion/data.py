@@ -46,6 +46,7 @@ __all__ = [
     "load_arrays",
     "load_dataset",
     "preprocess",
+    "sample_batches",
     "subset",
     "verify_bundled",
 ]
@@ -560,3 +561,13 @@ def verify_bundled(dataset_id: str) -> bool:
     entry = _manifest()["datasets"][dataset_id]
     path = ASSETS_DIR / entry["file"]
     return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+
+
+def sample_batches(inputs: torch.Tensor, labels: torch.Tensor, n_batches: int = 4, batch: int = 64,
+                   seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A few fixed, seeded batches drawn without replacement (the data the Taylor criterion scores with).
+
+    The CLI, the app and the reproduction all use this, so a Taylor score is the same wherever it is shown.
+    """
+    idx = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))[: n_batches * batch]
+    return [(inputs[idx[i : i + batch]], labels[idx[i : i + batch]]) for i in range(0, len(idx), batch)]

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .data import load_dataset, subset
+from .data import load_dataset, sample_batches, subset
 from .evaluate import count_macs_params, evaluate, predict_logits
 from .importance import accumulate_gradients, group_importance
 from .prune import TransportOptions, kept_count, prepare, prune
@@ -480,11 +480,6 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _taylor_data(x: torch.Tensor, y: torch.Tensor, n_batches: int, batch: int) -> list:
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: n_batches * batch]
-    return [(x[idx[i : i + batch]], y[idx[i : i + batch]]) for i in range(0, len(idx), batch)]
-
-
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 128) -> int:
     """Re-estimate every BatchNorm's running statistics on ``inputs`` (training-mode forward passes, no gradient).
@@ -559,7 +554,7 @@ class _ModelRun:
             self.datafree_groups = sorted({self.middle, self.input_side})
         self.preservation_groups = sorted({0, self.middle, self.input_side} & set(self.datafree_groups))
         self.ablation_groups = sorted({self.middle, self.input_side} if s.ablation_input_group else {self.middle})
-        self.taylor = _taylor_data(self.x_train, self.y_train, s.taylor_batches, s.taylor_batch_size)
+        self.taylor = sample_batches(self.x_train, self.y_train, s.taylor_batches, s.taylor_batch_size)
         self.fast_eval = {}
         self.timing: dict[str, dict] = {}
         self.importance: dict[str, dict[int, np.ndarray]] = {}

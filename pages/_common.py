@@ -28,7 +28,7 @@ import torch
 
 from intrafusion import explore
 from intrafusion.checkpoint import CheckpointError, load_model
-from intrafusion.data import DATASETS, DatasetUnavailable, Preprocessing, get_info, load_dataset, subset
+from intrafusion.data import DATASETS, DatasetUnavailable, Preprocessing, get_info, load_dataset, sample_batches, subset
 from intrafusion.evaluate import count_macs_params, evaluate, predict_logits
 from intrafusion.groups import UnsupportedLayerError
 from intrafusion.prune import PreparedModel, TransportOptions, plan_group, prepare, prune
@@ -226,9 +226,7 @@ def taylor_batches(dataset: str, pre_json: str, n_batches: int = 4, batch: int =
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _taylor_batches(dataset: str, pre_json: str, n_batches: int, batch: int, root: str | None) -> list:
     train = load_dataset(dataset, "train", root=root, preprocessing=Preprocessing.from_dict(pre_json), download=False)
-    x, y = train.tensors
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: n_batches * batch]
-    return [(x[idx[i : i + batch]], y[idx[i : i + batch]]) for i in range(0, len(idx), batch)]
+    return sample_batches(*train.tensors, n_batches=n_batches, batch=batch)
 
 
 def batches_for(cur: Current, criterion: str):

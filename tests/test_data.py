@@ -295,3 +295,14 @@ def test_missing_mnist_message_names_the_raw_folder(tmp_path, monkeypatch):
         D.load_dataset("fashion_mnist")
     msg = str(err.value)
     assert str(tmp_path / "FashionMNIST" / "raw") in msg and "t10k-images-idx3-ubyte" in msg
+
+
+def test_sample_batches_are_seeded_disjoint_and_sized():
+    x, y = torch.arange(300.0).view(300, 1), torch.arange(300)
+    a = D.sample_batches(x, y, n_batches=4, batch=64, seed=0)
+    assert [len(b[1]) for b in a] == [64, 64, 64, 64]
+    drawn = torch.cat([b[1] for b in a])
+    assert len(set(drawn.tolist())) == 256  # without replacement
+    assert all(torch.equal(bx.view(-1).long(), by) for bx, by in a)  # inputs stay paired with labels
+    assert all(torch.equal(p[1], q[1]) for p, q in zip(a, D.sample_batches(x, y, 4, 64, seed=0)))
+    assert not torch.equal(a[0][1], D.sample_batches(x, y, 4, 64, seed=1)[0][1])
