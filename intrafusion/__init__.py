@@ -2,19 +2,19 @@
 
 Theus et al., "Towards Meta-Pruning via Optimal Transport", ICLR 2024. Layers:
 
-- mechanics: :mod:`intrafusion.groups` (Torch-Pruning dependency groups), :mod:`intrafusion.fold` (BatchNorm)
-- scoring:   :mod:`intrafusion.importance`
-- transport: :mod:`intrafusion.transport` (cost, marginals, plan, map)
-- policy:    :mod:`intrafusion.prune` (default pruning and Intra-Fusion), :mod:`intrafusion.sweep`
+- mechanics: :mod:`intrafusion.core.groups` (Torch-Pruning dependency groups), :mod:`intrafusion.core.fold` (BatchNorm)
+- scoring:   :mod:`intrafusion.core.importance`
+- transport: :mod:`intrafusion.core.transport` (cost, marginals, plan, map)
+- policy:    :mod:`intrafusion.core.prune` (default pruning and Intra-Fusion), :mod:`intrafusion.experiments.sweep`
 - measuring: :mod:`intrafusion.evaluate`
-- models and data: :mod:`intrafusion.architectures`, :mod:`intrafusion.checkpoint`, :mod:`intrafusion.data`,
-  :mod:`intrafusion.zoo`, :mod:`intrafusion.train`
+- models and data: :mod:`intrafusion.models.architectures`, :mod:`intrafusion.models.checkpoint`, :mod:`intrafusion.data`,
+  :mod:`intrafusion.models.zoo`, :mod:`intrafusion.experiments.train`
 """
 
 from .evaluate import Evaluation, count_macs_params, evaluate, predict_logits
-from .groups import Group, PruningGraph, UnsupportedLayerError, list_groups
-from .importance import CRITERIA, group_importance
-from .prune import (
+from .core.groups import Group, PruningGraph, UnsupportedLayerError, list_groups
+from .core.importance import CRITERIA, group_importance
+from .core.prune import (
     METHODS,
     GroupRecord,
     PreparedModel,
@@ -27,7 +27,7 @@ from .prune import (
     prepare,
     prune,
 )
-from .transport import NORMALIZATIONS, SOLVERS, TARGETS
+from .core.transport import NORMALIZATIONS, SOLVERS, TARGETS
 
 __all__ = [
     "CRITERIA",

@@ -27,13 +27,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from .zoo import resolve_model
+    from .models.zoo import resolve_model
 
     return resolve_model(args.model, arch=args.arch, dataset=args.dataset)
 
 
 def cmd_models(args) -> int:
-    from .zoo import list_models
+    from .models.zoo import list_models
 
     models = list_models()
     if args.json:
@@ -53,7 +53,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_groups(args) -> int:
-    from .groups import list_groups
+    from .core.groups import list_groups
 
     loaded = _load(args)
     groups = list_groups(loaded.model, loaded.example_inputs)
@@ -91,8 +91,8 @@ def cmd_sweep(args) -> int:
     from tqdm import tqdm
 
     from .evaluate import evaluate, predict_logits
-    from .prune import TransportOptions
-    from .sweep import sweep, sweep_cells
+    from .core.prune import TransportOptions
+    from .experiments.sweep import sweep, sweep_cells
 
     loaded = _load(args)
     x, y = _eval_data(loaded, args, args.limit)
@@ -144,7 +144,7 @@ def format_table(rows, name: str, base_accuracy: float, criterion: str) -> str:
 
 
 def cmd_train(args) -> int:
-    from .train import train_zoo_model
+    from .experiments.train import train_zoo_model
 
     entry = train_zoo_model(args.arch, args.width, args.dataset, args.epochs, seed=args.seed, model_id=args.id,
                             out_dir=args.out, lr=args.lr, batch_size=args.batch_size, progress=not args.quiet)
@@ -153,15 +153,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import run_reproduction
+    from .experiments.reproduce import run_reproduction
 
     run_reproduction(models=args.model, out_dir=args.out, quick=args.quick, progress=not args.quiet)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .importance import CRITERIA
-    from .transport import MARGINALS, NORMALIZATIONS, SOLVERS, TARGETS
+    from .core.importance import CRITERIA
+    from .core.transport import MARGINALS, NORMALIZATIONS, SOLVERS, TARGETS
 
     parser = argparse.ArgumentParser(prog="python -m intrafusion",
                                      description="Intra-Fusion: prune by fusing neurons with optimal transport.")
@@ -218,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; problems the user can fix end in one line on stderr and exit status 2."""
-    from .checkpoint import CheckpointError
+    from .models.checkpoint import CheckpointError
     from .data import DatasetUnavailable
-    from .groups import UnsupportedLayerError
+    from .core.groups import UnsupportedLayerError
 
     args = build_parser().parse_args(argv)
     _threads()

@@ -26,13 +26,13 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from intrafusion import explore
-from intrafusion.checkpoint import CheckpointError, load_model
+from intrafusion import views as explore
+from intrafusion.models.checkpoint import CheckpointError, load_model
 from intrafusion.data import DATASETS, DatasetUnavailable, Preprocessing, get_info, load_dataset, sample_batches, subset
 from intrafusion.evaluate import count_macs_params, evaluate, predict_logits
-from intrafusion.groups import UnsupportedLayerError
-from intrafusion.prune import PreparedModel, TransportOptions, plan_group, prepare, prune
-from intrafusion.zoo import DEFAULT_MODEL, LoadedModel, list_models, load_zoo_model
+from intrafusion.core.groups import UnsupportedLayerError
+from intrafusion.core.prune import PreparedModel, TransportOptions, plan_group, prepare, prune
+from intrafusion.models.zoo import DEFAULT_MODEL, LoadedModel, list_models, load_zoo_model
 
 #: Errors a page shows with st.error (their messages name the cause and the fix) instead of crashing.
 ERRORS = (CheckpointError, UnsupportedLayerError, DatasetUnavailable, ValueError, IndexError, FileNotFoundError)

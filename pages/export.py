@@ -6,10 +6,10 @@ import json
 
 import streamlit as st
 
-from intrafusion import explore
-from intrafusion.importance import CRITERIA
-from intrafusion.prune import TransportOptions
-from intrafusion.transport import NORMALIZATIONS
+from intrafusion import views as explore
+from intrafusion.core.importance import CRITERIA
+from intrafusion.core.prune import TransportOptions
+from intrafusion.core.transport import NORMALIZATIONS
 from pages import _common as common
 
 common.ensure_app()
@@ -19,7 +19,7 @@ RESULT = "export_result"
 st.title("Export")
 st.caption("Prune the current model, measure it against the original (accuracy, parameters, MACs, CPU latency) "
            "and download it. The safetensors file carries its architecture config, so "
-           "`intrafusion.checkpoint.load_model(file)` rebuilds it (and so does the Model page's upload).")
+           "`intrafusion.models.checkpoint.load_model(file)` rebuilds it (and so does the Model page's upload).")
 
 cur = common.require_model()
 groups = common.prepared_for(cur.key, cur.loaded).prepared.groups

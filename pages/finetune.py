@@ -5,12 +5,12 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from intrafusion import explore
-from intrafusion.importance import CRITERIA
-from intrafusion.prune import TransportOptions
-from intrafusion.sweep import method_label
-from intrafusion.train import fine_tune
-from intrafusion.transport import NORMALIZATIONS
+from intrafusion import views as explore
+from intrafusion.core.importance import CRITERIA
+from intrafusion.core.prune import TransportOptions
+from intrafusion.experiments.sweep import method_label
+from intrafusion.experiments.train import fine_tune
+from intrafusion.core.transport import NORMALIZATIONS
 from pages import _common as common
 
 common.ensure_app()

@@ -7,11 +7,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from intrafusion import explore
-from intrafusion.importance import CRITERIA
-from intrafusion.prune import TransportOptions
-from intrafusion.sweep import sweep_cells
-from intrafusion.transport import NORMALIZATIONS
+from intrafusion import views as explore
+from intrafusion.core.importance import CRITERIA
+from intrafusion.core.prune import TransportOptions
+from intrafusion.experiments.sweep import sweep_cells
+from intrafusion.core.transport import NORMALIZATIONS
 from pages import _common as common
 
 common.ensure_app()

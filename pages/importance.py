@@ -6,9 +6,9 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from intrafusion import explore
-from intrafusion.importance import CRITERIA
-from intrafusion.prune import kept_count
+from intrafusion import views as explore
+from intrafusion.core.importance import CRITERIA
+from intrafusion.core.prune import kept_count
 from pages import _common as common
 
 common.ensure_app()

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from intrafusion import explore
+from intrafusion import views as explore
 from pages import _common as common
 
 common.ensure_app()

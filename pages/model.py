@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from intrafusion import explore
+from intrafusion import views as explore
 from intrafusion.data import DATASETS
 from pages import _common as common
 

@@ -6,10 +6,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from intrafusion import explore
-from intrafusion.importance import CRITERIA
-from intrafusion.prune import TransportOptions
-from intrafusion.transport import MARGINALS, NORMALIZATIONS, SOLVERS, TARGETS
+from intrafusion import views as explore
+from intrafusion.core.importance import CRITERIA
+from intrafusion.core.prune import TransportOptions
+from intrafusion.core.transport import MARGINALS, NORMALIZATIONS, SOLVERS, TARGETS
 from pages import _common as common
 
 common.ensure_app()

@@ -7,7 +7,7 @@
     python scripts/build_zoo.py --only mlp-digits8x8   # retrain one model, rewrite the doc
     python scripts/build_zoo.py --table-only    # train nothing: re-measure the bundled models, rewrite the doc
 
-Every model is trained by :func:`intrafusion.train.train_zoo_model`, exactly what its manifest ``command``
+Every model is trained by :func:`intrafusion.experiments.train.train_zoo_model`, exactly what its manifest ``command``
 (``python -m intrafusion train ...``) runs, so either way rebuilds it. The doc reports, per model: test
 accuracy, parameters, MACs, file size, training time per epoch, evaluation time on the test split, the
 time of a full default-vs-fusion sweep (every group x sparsities 0.3/0.5/0.7, l1), and default pruning vs
@@ -41,12 +41,12 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from intrafusion import zoo  # noqa: E402
+from intrafusion.models import zoo  # noqa: E402
 from intrafusion.data import get_info, load_dataset  # noqa: E402
 from intrafusion.evaluate import evaluate, predict_logits  # noqa: E402
-from intrafusion.groups import list_groups  # noqa: E402
-from intrafusion.sweep import sweep  # noqa: E402
-from intrafusion.train import train_zoo_model  # noqa: E402
+from intrafusion.core.groups import list_groups  # noqa: E402
+from intrafusion.experiments.sweep import sweep  # noqa: E402
+from intrafusion.experiments.train import train_zoo_model  # noqa: E402
 
 DOC = REPO / "docs" / "ZOO.md"
 SPARSITIES = (0.3, 0.5, 0.7)
@@ -178,7 +178,7 @@ def render(results: list[dict], regenerate: str) -> str:
         f"{platform.machine()} with {torch.get_num_threads()} torch threads (torch {torch.__version__}) on a "
         "shared machine: *train s / epoch* is the median epoch of training (training pass only, augmentation "
         "included), *eval s* the best of three exact evaluations of the whole test split, *full sweep* one run "
-        "of `intrafusion.sweep.sweep` over every group at sparsities 0.3, 0.5 and 0.7 with default pruning and "
+        "of `intrafusion.experiments.sweep.sweep` over every group at sparsities 0.3, 0.5 and 0.7 with default pruning and "
         "Intra-Fusion (paper), l1 criterion, evaluated on the whole test split (pruning + evaluation of every "
         "cell; in brackets the number of cells times the median cell, which is less sensitive to other work on "
         "the machine; 1-minute load average during the measurements: "

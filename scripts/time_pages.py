@@ -152,8 +152,8 @@ def wide_transport_timings() -> list[tuple[str, float]]:
     """Transport-plan page on a 512-channel group: first view and one control change at a time."""
     import torch
 
-    from intrafusion import explore
-    from intrafusion.architectures import ArchConfig, build_model
+    from intrafusion import views as explore
+    from intrafusion.models.architectures import ArchConfig, build_model
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

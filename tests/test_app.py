@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from intrafusion import explore
-from intrafusion.architectures import ArchConfig, build_model
-from intrafusion.checkpoint import load_model
-from intrafusion.prune import kept_count
-from intrafusion.zoo import DEFAULT_MODEL, list_models
+from intrafusion import views as explore
+from intrafusion.models.architectures import ArchConfig, build_model
+from intrafusion.models.checkpoint import load_model
+from intrafusion.core.prune import kept_count
+from intrafusion.models.zoo import DEFAULT_MODEL, list_models
 
 torch.set_num_threads(2)
 pytest.importorskip("streamlit")
@@ -38,8 +38,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def sizes() -> list[int]:
     """Channels per group of the small model (group 0 first)."""
-    from intrafusion.groups import list_groups
-    from intrafusion.zoo import load_zoo_model
+    from intrafusion.core.groups import list_groups
+    from intrafusion.models.zoo import load_zoo_model
 
     loaded = load_zoo_model(SMALL)
     return [g.n for g in list_groups(copy.deepcopy(loaded.model), loaded.example_inputs)]
@@ -190,7 +190,7 @@ def test_unsupported_layer_is_named_and_the_app_stays_usable(sizes):
     from torch import nn
 
     from intrafusion.data import get_info
-    from intrafusion.zoo import LoadedModel
+    from intrafusion.models.zoo import LoadedModel
 
     weird = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -297,7 +297,7 @@ def test_fusion_page_sweep_curves_table_and_csv():
 
 def test_fusion_page_respects_a_stopped_job():
     at = ok(page("fusion"))
-    from intrafusion.sweep import sweep_cells
+    from intrafusion.experiments.sweep import sweep_cells
 
     cells = sweep_cells([0], [0.3, 0.5], ("default", "fusion"), ["paper"])
     job = explore.SweepJob(cells, "l1", {"model_key": f"zoo:{SMALL}", "groups": [0], "sparsities": [0.3, 0.5],

@@ -1,4 +1,4 @@
-"""Tests for intrafusion.architectures: kuangliu-compatible layouts, configs, shape inference."""
+"""Tests for intrafusion.models.architectures: kuangliu-compatible layouts, configs, shape inference."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from intrafusion.architectures import (
+from intrafusion.models.architectures import (
     ARCHITECTURES,
     MLP,
     VGG,

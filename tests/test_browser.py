@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from intrafusion.zoo import DEFAULT_MODEL, list_models
+from intrafusion.models.zoo import DEFAULT_MODEL, list_models
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"

@@ -1,4 +1,4 @@
-"""Tests for intrafusion.checkpoint: safe reading, the paper's format, mismatches, round trips."""
+"""Tests for intrafusion.models.checkpoint: safe reading, the paper's format, mismatches, round trips."""
 
 import hashlib
 import io
@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from intrafusion.architectures import VGG, ArchConfig, ResNet18, build_model
-from intrafusion.checkpoint import (
+from intrafusion.models.architectures import VGG, ArchConfig, ResNet18, build_model
+from intrafusion.models.checkpoint import (
     CheckpointError,
     load_into,
     load_model,

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from intrafusion.architectures import VGG
+from intrafusion.models.architectures import VGG
 from intrafusion.cli import main
 
 

@@ -1,4 +1,4 @@
-"""The explorer's computations (intrafusion.explore), checked with numbers."""
+"""The explorer's computations (intrafusion.views), checked with numbers."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 from nets import TinyConv, TinyResNet, randomize_bn
 
-from intrafusion import explore
-from intrafusion.architectures import ArchConfig, build_model
-from intrafusion.checkpoint import load_model
-from intrafusion.groups import Group
-from intrafusion.prune import TransportOptions, plan_group, prepare, prune
-from intrafusion.sweep import SweepRow, sweep
+from intrafusion import views as explore
+from intrafusion.models.architectures import ArchConfig, build_model
+from intrafusion.models.checkpoint import load_model
+from intrafusion.core.groups import Group
+from intrafusion.core.prune import TransportOptions, plan_group, prepare, prune
+from intrafusion.experiments.sweep import SweepRow, sweep
 
 torch.set_num_threads(2)
 

@@ -18,8 +18,8 @@ import torch
 from nets import TinyConv, TinyResNet, randomize_bn
 
 from intrafusion.evaluate import predict_logits
-from intrafusion.prune import kept_count, prepare, prune
-from intrafusion.reproduce import (
+from intrafusion.core.prune import kept_count, prepare, prune
+from intrafusion.experiments.reproduce import (
     ABLATION_COLUMNS,
     DATAFREE_COLUMNS,
     FINETUNE_COLUMNS,
@@ -37,7 +37,7 @@ from intrafusion.reproduce import (
     run_reproduction,
     write_results_markdown,
 )
-from intrafusion.zoo import DEFAULT_MODEL, list_models
+from intrafusion.models.zoo import DEFAULT_MODEL, list_models
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""Training and fine-tuning (intrafusion.train): accuracy, determinism, callbacks, the zoo writer."""
+"""Training and fine-tuning (intrafusion.experiments.train): accuracy, determinism, callbacks, the zoo writer."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import shlex
 import pytest
 import torch
 
-from intrafusion import zoo
-from intrafusion.architectures import ArchConfig, build_model
-from intrafusion.checkpoint import load_model, sha256_file
+from intrafusion.models import zoo
+from intrafusion.models.architectures import ArchConfig, build_model
+from intrafusion.models.checkpoint import load_model, sha256_file
 from intrafusion.data import load_dataset
 from intrafusion.evaluate import evaluate
-from intrafusion.prune import default_pruning
-from intrafusion.train import EpochResult, TrainHistory, fine_tune, train, train_zoo_model, zoo_arch_config
+from intrafusion.core.prune import default_pruning
+from intrafusion.experiments.train import EpochResult, TrainHistory, fine_tune, train, train_zoo_model, zoo_arch_config
 
 DS = "digits8x8"
 

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .evaluate import count_macs_params, evaluate, predict_logits
-from .groups import Group
-from .importance import CRITERIA, accumulate_gradients, group_importance
-from .prune import GroupRecord, PreparedModel, TransportOptions, kept_count
-from .sweep import SweepRow, method_label, sweep
-from .transport import cost_matrix, feature_vectors, marginal, solve, transport_map
+from ..evaluate import count_macs_params, evaluate, predict_logits
+from ..core.groups import Group
+from ..core.importance import CRITERIA, accumulate_gradients, group_importance
+from ..core.prune import GroupRecord, PreparedModel, TransportOptions, kept_count
+from ..experiments.sweep import SweepRow, method_label, sweep
+from ..core.transport import cost_matrix, feature_vectors, marginal, solve, transport_map
 
 __all__ = [
     "Agreement",
@@ -156,12 +156,12 @@ def group_dot(group: Group) -> str:
 
 def importance_scores(prepared: PreparedModel, group: int, criterion: str = "l1", *, taylor_batches=None,
                       seed: int = 0) -> np.ndarray:
-    """Importance of every channel of one group, exactly as :func:`intrafusion.prune.plan_group` scores it.
+    """Importance of every channel of one group, exactly as :func:`intrafusion.core.prune.plan_group` scores it.
 
     Parameters
     ----------
     prepared : PreparedModel
-        Folded copy (see :func:`intrafusion.prune.prepare`). Only the ``taylor`` criterion writes to it
+        Folded copy (see :func:`intrafusion.core.prune.prepare`). Only the ``taylor`` criterion writes to it
         (gradients, cleared afterwards): serialise such calls on a shared object.
     group : int
         Paper numbering (0 nearest the classifier).
@@ -325,7 +325,7 @@ def pairwise_cost(features: np.ndarray, p: float = 1.0) -> np.ndarray:
 
 def kept_plan(group: Group, importance: np.ndarray, sparsity: float, criterion: str, options: TransportOptions,
               full_cost: np.ndarray) -> GroupRecord:
-    """The record :func:`intrafusion.prune.plan_group` computes for kept targets, from a precomputed cost.
+    """The record :func:`intrafusion.core.prune.plan_group` computes for kept targets, from a precomputed cost.
 
     Parameters
     ----------
@@ -346,7 +346,7 @@ def kept_plan(group: Group, importance: np.ndarray, sparsity: float, criterion: 
         Same kept set, cost, marginals, plan and maps as ``plan_group`` (without feature vectors).
     """
     if options.target != "kept":
-        raise ValueError("kept_plan needs kept targets; plan centroid targets with intrafusion.prune.plan_group")
+        raise ValueError("kept_plan needs kept targets; plan centroid targets with intrafusion.core.prune.plan_group")
     importance = np.asarray(importance, dtype=np.float64)
     t0 = time.perf_counter()
     kept, pruned = select_kept(importance, sparsity)
@@ -428,7 +428,7 @@ def neuron_flows(record: GroupRecord, source: int, tol: float = 1e-12) -> list[F
     Parameters
     ----------
     record : GroupRecord
-        From :func:`intrafusion.prune.plan_group` (has a plan).
+        From :func:`intrafusion.core.prune.plan_group` (has a plan).
     source : int
         Channel index in the unpruned group.
     tol : float
@@ -584,7 +584,7 @@ class SweepJob:
     Attributes
     ----------
     cells : list of (group, sparsity, method, normalization)
-        See :func:`intrafusion.sweep.sweep_cells`.
+        See :func:`intrafusion.experiments.sweep.sweep_cells`.
     criterion : str
     settings : dict
         What was asked for (shown with the results).
@@ -679,16 +679,16 @@ def sweep_cell(model: nn.Module, example_inputs: torch.Tensor, inputs: torch.Ten
                cell: Cell, criterion: str = "l1", options: TransportOptions | None = None, *,
                taylor_batches=None, reference_logits: torch.Tensor | None = None, seed: int = 0,
                keep_distances: bool = True) -> SweepRow:
-    """One cell of :func:`intrafusion.sweep.sweep`: prune one group at one sparsity with one method, evaluate.
+    """One cell of :func:`intrafusion.experiments.sweep.sweep`: prune one group at one sparsity with one method, evaluate.
 
     Parameters
     ----------
     model, example_inputs, inputs, labels
-        As in :func:`intrafusion.sweep.sweep` (``model`` is never mutated).
+        As in :func:`intrafusion.experiments.sweep.sweep` (``model`` is never mutated).
     cell : (group, sparsity, method, normalization)
         ``normalization`` is None for default pruning.
     criterion, options, taylor_batches, reference_logits, seed, keep_distances
-        As in :func:`intrafusion.sweep.sweep`.
+        As in :func:`intrafusion.experiments.sweep.sweep`.
 
     Returns
     -------
@@ -999,7 +999,7 @@ def before_after_report(original: nn.Module, pruned: nn.Module, example_inputs: 
 def export_model(model: nn.Module, config, metadata: Mapping | None = None) -> tuple[bytes, dict]:
     """Safetensors bytes of a (pruned) model and the architecture config stored in them.
 
-    The config is the one :func:`intrafusion.checkpoint.load_model` rebuilds the model from (explicit
+    The config is the one :func:`intrafusion.models.checkpoint.load_model` rebuilds the model from (explicit
     per-layer channels for a pruned VGG/ResNet, hidden sizes for an MLP).
 
     Returns
@@ -1007,7 +1007,7 @@ def export_model(model: nn.Module, config, metadata: Mapping | None = None) -> t
     data : bytes
     config : dict
     """
-    from .checkpoint import model_to_bytes, read_state_dict
+    from ..models.checkpoint import model_to_bytes, read_state_dict
 
     data = model_to_bytes(model, config, metadata)
     _, meta = read_state_dict(data)

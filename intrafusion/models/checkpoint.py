@@ -13,7 +13,7 @@ Intra-Fusion paper's ``{"model_state_dict", "test_accuracy", "epoch"}``;
 ``{"state_dict": ...}``; kuangliu's ``{"net", "acc", "epoch"}``; keys prefixed
 with ``module.`` (``DataParallel``) or ``_orig_mod.`` (``torch.compile``).
 
-Models are written as safetensors with the :class:`~intrafusion.architectures.ArchConfig`
+Models are written as safetensors with the :class:`~intrafusion.models.architectures.ArchConfig`
 in the header (``arch_config``) so that :func:`load_model` can rebuild them.
 """
 

@@ -7,7 +7,7 @@
 * :func:`fine_tune` -- the same loop on a *copy* of a (pruned) model, on the bundled train split, with a
   pre-training "epoch 0" entry so a recovery curve starts where pruning left the model.
 * :func:`train_zoo_model` -- what ``python -m intrafusion train`` runs: build, train, save as safetensors
-  and upsert the entry in the zoo manifest (see :mod:`intrafusion.zoo` for its format).
+  and upsert the entry in the zoo manifest (see :mod:`intrafusion.models.zoo` for its format).
 
 Zoo models are trained with the augmentation of :data:`ZOO_AUGMENTATION` for their dataset (random
 2-pixel shifts; flips for the animals; none for the flattened 8x8 digits), so the one training command
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .architectures import ArchConfig, build_model
-from .checkpoint import save_model, sha256_file, write_atomic
-from .data import ASSETS_DIR, Preprocessing, get_info, load_dataset
-from .evaluate import count_macs_params, evaluate
+from ..models.architectures import ArchConfig, build_model
+from ..models.checkpoint import save_model, sha256_file, write_atomic
+from ..data import ASSETS_DIR, Preprocessing, get_info, load_dataset
+from ..evaluate import count_macs_params, evaluate
 
 __all__ = [
     "AUGMENTATIONS",
@@ -488,7 +488,7 @@ def train_command(arch: str, width: float, dataset: str, epochs: int, seed: int 
     ``--id`` appears only for a non-default id, ``--out`` only outside the bundled zoo folder, ``--augment``
     only when it differs from the dataset's :data:`ZOO_AUGMENTATION`.
     """
-    from .zoo import MODELS_DIR
+    from ..models.zoo import MODELS_DIR
 
     cmd = (f"python -m intrafusion train --arch {arch} --width {width:g} --dataset {dataset} --epochs {epochs} "
            f"--seed {seed} --lr {lr:g} --batch-size {batch_size}")
@@ -582,9 +582,9 @@ def train_zoo_model(
     Returns
     -------
     dict
-        The manifest entry written (fields of :class:`intrafusion.zoo.ZooEntry`).
+        The manifest entry written (fields of :class:`intrafusion.models.zoo.ZooEntry`).
     """
-    from . import zoo
+    from ..models import zoo
 
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")

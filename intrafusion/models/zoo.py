@@ -18,7 +18,7 @@ from torch import nn
 
 from .architectures import ArchConfig
 from .checkpoint import CheckpointError, load_model, sha256_file
-from .data import DATASETS, Preprocessing, get_info
+from ..data import DATASETS, Preprocessing, get_info
 
 __all__ = [
     "MODELS_DIR",
@@ -32,7 +32,7 @@ __all__ = [
     "resolve_model",
 ]
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "models"
 DEFAULT_MODEL = "vgg11_bn-mnist5k"
 
 

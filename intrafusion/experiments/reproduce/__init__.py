@@ -48,13 +48,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .data import load_dataset, sample_batches, subset
-from .evaluate import count_macs_params, evaluate, predict_logits
-from .importance import accumulate_gradients, group_importance
-from .prune import TransportOptions, kept_count, prepare, prune
-from .sweep import method_label
-from .train import train
-from .zoo import DEFAULT_MODEL, list_models, load_zoo_model
+from ...data import load_dataset, sample_batches, subset
+from ...evaluate import count_macs_params, evaluate, predict_logits
+from ...core.importance import accumulate_gradients, group_importance
+from ...core.prune import TransportOptions, kept_count, prepare, prune
+from ..sweep import method_label
+from ..train import train
+from ...models.zoo import DEFAULT_MODEL, list_models, load_zoo_model
 
 __all__ = [
     "FULL",
@@ -1402,7 +1402,7 @@ def _plot_headline(out: Path, df: dict, infos: list[dict]) -> str | None:
 
 ANNOTATIONS_START = "<!-- annotations:start -->"
 ANNOTATIONS_END = "<!-- annotations:end -->"
-_ANNOTATIONS_PLACEHOLDER = ("_(No annotations yet: run `python -m intrafusion.reproduce publish RESULTS_DIR DOCS_DIR` "
+_ANNOTATIONS_PLACEHOLDER = ("_(No annotations yet: run `python -m intrafusion.experiments.reproduce publish RESULTS_DIR DOCS_DIR` "
                             "and write them here; they are kept when the report is regenerated.)_")
 
 
@@ -1782,7 +1782,7 @@ def publish(results_dir: str | Path, docs_dir: str | Path, images: Sequence[str]
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m intrafusion.reproduce",
+    p = argparse.ArgumentParser(prog="python -m intrafusion.experiments.reproduce",
                                 description="Regenerate or publish the report of a reproduction run.")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("report", help="rewrite RESULTS_DIR/RESULTS.md from its CSV/JSON files")
