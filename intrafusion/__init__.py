@@ -7,11 +7,11 @@ Theus et al., "Towards Meta-Pruning via Optimal Transport", ICLR 2024. Layers:
 - transport: :mod:`intrafusion.core.transport` (cost, marginals, plan, map)
 - policy:    :mod:`intrafusion.core.prune` (default pruning and Intra-Fusion), :mod:`intrafusion.experiments.sweep`
 - measuring: :mod:`intrafusion.evaluate`
-- models and data: :mod:`intrafusion.models.architectures`, :mod:`intrafusion.models.checkpoint`, :mod:`intrafusion.data`,
+- models and data: :mod:`intrafusion.models.architectures`, :mod:`intrafusion.models.checkpoint`,
+  :mod:`intrafusion.data`,
   :mod:`intrafusion.models.zoo`, :mod:`intrafusion.experiments.train`
 """
 
-from .evaluate import Evaluation, count_macs_params, evaluate, predict_logits
 from .core.groups import Group, PruningGraph, UnsupportedLayerError, list_groups
 from .core.importance import CRITERIA, group_importance
 from .core.prune import (
@@ -28,6 +28,7 @@ from .core.prune import (
     prune,
 )
 from .core.transport import NORMALIZATIONS, SOLVERS, TARGETS
+from .evaluate import Evaluation, count_macs_params, evaluate, predict_logits
 
 __all__ = [
     "CRITERIA",

@@ -90,8 +90,8 @@ def _taylor_batches(loaded, args):
 def cmd_sweep(args) -> int:
     from tqdm import tqdm
 
-    from .evaluate import evaluate, predict_logits
     from .core.prune import TransportOptions
+    from .evaluate import evaluate, predict_logits
     from .experiments.sweep import sweep, sweep_cells
 
     loaded = _load(args)
@@ -218,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; problems the user can fix end in one line on stderr and exit status 2."""
-    from .models.checkpoint import CheckpointError
-    from .data import DatasetUnavailable
     from .core.groups import UnsupportedLayerError
+    from .data import DatasetUnavailable
+    from .models.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
     _threads()

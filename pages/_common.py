@@ -27,11 +27,11 @@ import streamlit as st
 import torch
 
 from intrafusion import views as explore
-from intrafusion.models.checkpoint import CheckpointError, load_model
-from intrafusion.data import DATASETS, DatasetUnavailable, Preprocessing, get_info, load_dataset, sample_batches, subset
-from intrafusion.evaluate import count_macs_params, evaluate, predict_logits
 from intrafusion.core.groups import UnsupportedLayerError
 from intrafusion.core.prune import PreparedModel, TransportOptions, plan_group, prepare, prune
+from intrafusion.data import DATASETS, DatasetUnavailable, Preprocessing, get_info, load_dataset, sample_batches, subset
+from intrafusion.evaluate import count_macs_params, evaluate, predict_logits
+from intrafusion.models.checkpoint import CheckpointError, load_model
 from intrafusion.models.zoo import DEFAULT_MODEL, LoadedModel, list_models, load_zoo_model
 
 #: Errors a page shows with st.error (their messages name the cause and the fix) instead of crashing.

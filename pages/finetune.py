@@ -8,9 +8,9 @@ import streamlit as st
 from intrafusion import views as explore
 from intrafusion.core.importance import CRITERIA
 from intrafusion.core.prune import TransportOptions
+from intrafusion.core.transport import NORMALIZATIONS
 from intrafusion.experiments.sweep import method_label
 from intrafusion.experiments.train import fine_tune
-from intrafusion.core.transport import NORMALIZATIONS
 from pages import _common as common
 
 common.ensure_app()

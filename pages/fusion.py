@@ -10,8 +10,8 @@ from plotly.subplots import make_subplots
 from intrafusion import views as explore
 from intrafusion.core.importance import CRITERIA
 from intrafusion.core.prune import TransportOptions
-from intrafusion.experiments.sweep import sweep_cells
 from intrafusion.core.transport import NORMALIZATIONS
+from intrafusion.experiments.sweep import sweep_cells
 from pages import _common as common
 
 common.ensure_app()

@@ -25,9 +25,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from intrafusion.models.architectures import VGG, ResNet18  # noqa: E402
 from intrafusion.core.groups import PruningGraph  # noqa: E402
 from intrafusion.core.prune import TransportOptions, prune  # noqa: E402
+from intrafusion.models.architectures import VGG, ResNet18  # noqa: E402
 
 STEPS = ("importance", "cost", "solve", "update", "prune")
 

@@ -41,12 +41,12 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from intrafusion.models import zoo  # noqa: E402
+from intrafusion.core.groups import list_groups  # noqa: E402
 from intrafusion.data import get_info, load_dataset  # noqa: E402
 from intrafusion.evaluate import evaluate, predict_logits  # noqa: E402
-from intrafusion.core.groups import list_groups  # noqa: E402
 from intrafusion.experiments.sweep import sweep  # noqa: E402
 from intrafusion.experiments.train import train_zoo_model  # noqa: E402
+from intrafusion.models import zoo  # noqa: E402
 
 DOC = REPO / "docs" / "ZOO.md"
 SPARSITIES = (0.3, 0.5, 0.7)
@@ -178,7 +178,8 @@ def render(results: list[dict], regenerate: str) -> str:
         f"{platform.machine()} with {torch.get_num_threads()} torch threads (torch {torch.__version__}) on a "
         "shared machine: *train s / epoch* is the median epoch of training (training pass only, augmentation "
         "included), *eval s* the best of three exact evaluations of the whole test split, *full sweep* one run "
-        "of `intrafusion.experiments.sweep.sweep` over every group at sparsities 0.3, 0.5 and 0.7 with default pruning and "
+        "of `intrafusion.experiments.sweep.sweep` over every group at sparsities 0.3, 0.5 and 0.7 with default "
+        "pruning and "
         "Intra-Fusion (paper), l1 criterion, evaluated on the whole test split (pruning + evaluation of every "
         "cell; in brackets the number of cells times the median cell, which is less sensitive to other work on "
         "the machine; 1-minute load average during the measurements: "

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from intrafusion import views as explore
+from intrafusion.core.prune import kept_count
 from intrafusion.models.architectures import ArchConfig, build_model
 from intrafusion.models.checkpoint import load_model
-from intrafusion.core.prune import kept_count
 from intrafusion.models.zoo import DEFAULT_MODEL, list_models
 
 torch.set_num_threads(2)

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from intrafusion.models.architectures import VGG
 from intrafusion.cli import main
+from intrafusion.models.architectures import VGG
 
 
 @pytest.fixture(scope="module")

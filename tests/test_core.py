@@ -8,11 +8,11 @@ import torch
 from nets import TinyConv, TinyMLP, TinyResNet, duplicate, randomize_bn
 from torch import nn
 
-from intrafusion.models.architectures import VGG, ResNet18
 from intrafusion.core.fold import fold_batchnorm
 from intrafusion.core.groups import PruningGraph, UnsupportedLayerError
 from intrafusion.core.prune import TransportOptions, kept_count, plan_group, prepare, prune
 from intrafusion.core.transport import cost_matrix
+from intrafusion.models.architectures import VGG, ResNet18
 
 
 def _seeded(cls, *args, seed=0, **kw):

@@ -11,11 +11,11 @@ import torch
 from nets import TinyConv, TinyResNet, randomize_bn
 
 from intrafusion import views as explore
-from intrafusion.models.architectures import ArchConfig, build_model
-from intrafusion.models.checkpoint import load_model
 from intrafusion.core.groups import Group
 from intrafusion.core.prune import TransportOptions, plan_group, prepare, prune
 from intrafusion.experiments.sweep import SweepRow, sweep
+from intrafusion.models.architectures import ArchConfig, build_model
+from intrafusion.models.checkpoint import load_model
 
 torch.set_num_threads(2)
 

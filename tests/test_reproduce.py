@@ -17,8 +17,8 @@ import pytest
 import torch
 from nets import TinyConv, TinyResNet, randomize_bn
 
-from intrafusion.evaluate import predict_logits
 from intrafusion.core.prune import kept_count, prepare, prune
+from intrafusion.evaluate import predict_logits
 from intrafusion.experiments.reproduce import (
     ABLATION_COLUMNS,
     DATAFREE_COLUMNS,

@@ -9,13 +9,13 @@ import shlex
 import pytest
 import torch
 
+from intrafusion.core.prune import default_pruning
+from intrafusion.data import load_dataset
+from intrafusion.evaluate import evaluate
+from intrafusion.experiments.train import EpochResult, TrainHistory, fine_tune, train, train_zoo_model, zoo_arch_config
 from intrafusion.models import zoo
 from intrafusion.models.architectures import ArchConfig, build_model
 from intrafusion.models.checkpoint import load_model, sha256_file
-from intrafusion.data import load_dataset
-from intrafusion.evaluate import evaluate
-from intrafusion.core.prune import default_pruning
-from intrafusion.experiments.train import EpochResult, TrainHistory, fine_tune, train, train_zoo_model, zoo_arch_config
 
 DS = "digits8x8"
 

@@ -11,11 +11,11 @@ import shutil
 import pytest
 import torch
 
-from intrafusion.models import zoo
-from intrafusion.models.checkpoint import CheckpointError, sha256_file
+from intrafusion.core.prune import default_pruning, intra_fusion
 from intrafusion.data import load_dataset
 from intrafusion.evaluate import evaluate
-from intrafusion.core.prune import default_pruning, intra_fusion
+from intrafusion.models import zoo
+from intrafusion.models.checkpoint import CheckpointError, sha256_file
 
 ZOO_IDS = ["vgg11_bn-mnist5k", "resnet18-mnist5k", "vgg11_bn-animals10k", "resnet18-animals10k", "mlp-digits8x8"]
 ASSETS = zoo.MODELS_DIR.parent

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evaluate import evaluate, predict_logits
 from ..core.prune import TransportOptions, check_sparsity, kept_count, prune
+from ..evaluate import evaluate, predict_logits
 
 __all__ = ["SweepRow", "method_label", "sweep", "sweep_cells"]
 

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from ..models.architectures import ArchConfig, build_model
-from ..models.checkpoint import save_model, sha256_file, write_atomic
 from ..data import ASSETS_DIR, Preprocessing, get_info, load_dataset
 from ..evaluate import count_macs_params, evaluate
+from ..models.architectures import ArchConfig, build_model
+from ..models.checkpoint import save_model, sha256_file, write_atomic
 
 __all__ = [
     "AUGMENTATIONS",

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data import DATASETS, Preprocessing, get_info
 from .architectures import ArchConfig
 from .checkpoint import CheckpointError, load_model, sha256_file
-from ..data import DATASETS, Preprocessing, get_info
 
 __all__ = [
     "MODELS_DIR",

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evaluate import count_macs_params, evaluate, predict_logits
 from ..core.groups import Group
 from ..core.importance import CRITERIA, accumulate_gradients, group_importance
 from ..core.prune import GroupRecord, PreparedModel, TransportOptions, kept_count
-from ..experiments.sweep import SweepRow, method_label, sweep
 from ..core.transport import cost_matrix, feature_vectors, marginal, solve, transport_map
+from ..evaluate import count_macs_params, evaluate, predict_logits
+from ..experiments.sweep import SweepRow, method_label, sweep
 
 __all__ = [
     "Agreement",
@@ -679,7 +679,8 @@ def sweep_cell(model: nn.Module, example_inputs: torch.Tensor, inputs: torch.Ten
                cell: Cell, criterion: str = "l1", options: TransportOptions | None = None, *,
                taylor_batches=None, reference_logits: torch.Tensor | None = None, seed: int = 0,
                keep_distances: bool = True) -> SweepRow:
-    """One cell of :func:`intrafusion.experiments.sweep.sweep`: prune one group at one sparsity with one method, evaluate.
+    """One cell of :func:`intrafusion.experiments.sweep.sweep`: prune one group at one sparsity with one method,
+    evaluate.
 
     Parameters
     ----------

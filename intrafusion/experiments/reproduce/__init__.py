@@ -48,13 +48,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from ...data import load_dataset, sample_batches, subset
-from ...evaluate import count_macs_params, evaluate, predict_logits
 from ...core.importance import accumulate_gradients, group_importance
 from ...core.prune import TransportOptions, kept_count, prepare, prune
+from ...data import load_dataset, sample_batches, subset
+from ...evaluate import count_macs_params, evaluate, predict_logits
+from ...models.zoo import DEFAULT_MODEL, list_models, load_zoo_model
 from ..sweep import method_label
 from ..train import train
-from ...models.zoo import DEFAULT_MODEL, list_models, load_zoo_model
 
 __all__ = [
     "FULL",
@@ -1402,7 +1402,8 @@ def _plot_headline(out: Path, df: dict, infos: list[dict]) -> str | None:
 
 ANNOTATIONS_START = "<!-- annotations:start -->"
 ANNOTATIONS_END = "<!-- annotations:end -->"
-_ANNOTATIONS_PLACEHOLDER = ("_(No annotations yet: run `python -m intrafusion.experiments.reproduce publish RESULTS_DIR DOCS_DIR` "
+_ANNOTATIONS_PLACEHOLDER = ("_(No annotations yet: run `python -m intrafusion.experiments.reproduce publish "
+                            "RESULTS_DIR DOCS_DIR` "
                             "and write them here; they are kept when the report is regenerated.)_")
 
 
