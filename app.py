@@ -32,6 +32,7 @@ PAGES = [
     st.Page("pages/importance.py", title="Importance", icon=":material/bar_chart:"),
     st.Page("pages/transport.py", title="Transport plan", icon=":material/grid_on:"),
     st.Page("pages/fusion.py", title="Fusion vs pruning", icon=":material/show_chart:"),
+    st.Page("pages/tradeoff.py", title="Sparsity trade-off", icon=":material/query_stats:"),
     st.Page("pages/finetune.py", title="Whole model & fine-tuning", icon=":material/model_training:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),

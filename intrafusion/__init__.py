@@ -27,6 +27,7 @@ from .core.prune import (
     prepare,
     prune,
 )
+from .core.repair import REPAIRS, RepairOptions, RepairResult, std_ratios, synthetic_batch
 from .core.transport import NORMALIZATIONS, SOLVERS, TARGETS
 from .evaluate import Evaluation, count_macs_params, evaluate, predict_logits
 
@@ -34,6 +35,11 @@ __all__ = [
     "CRITERIA",
     "METHODS",
     "NORMALIZATIONS",
+    "REPAIRS",
+    "RepairOptions",
+    "RepairResult",
+    "std_ratios",
+    "synthetic_batch",
     "SOLVERS",
     "TARGETS",
     "Evaluation",

@@ -65,8 +65,21 @@ def cmd_groups(args) -> int:
     print(f"{'group':>5} {'n':>5} {'residual':>8}  producers -> consumers")
     for g in groups:
         print(f"{g.index:>5} {g.n:>5} {'yes' if g.residual else 'no':>8}  {', '.join(g.producers)} -> "
-              f"{', '.join(g.consumers)}")
+              f"{', '.join(g.consumers)}" + (f"  [depthwise: {', '.join(g.depthwise)}]" if g.depthwise else "")
+              + ("" if g.prunable else f"  [NOT PRUNABLE: {g.reason}]"))
     return 0
+
+
+def _sample_count(text: str) -> int:
+    """argparse type of --limit: a whole number of samples, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--limit takes a whole number of test samples, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"--limit must be at least 1 test sample, got {n}; leave it out to evaluate on the whole test set")
+    return n
 
 
 def _eval_data(loaded, args, limit: int | None):
@@ -189,13 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=TARGETS, default="kept")
     p.add_argument("--marginals", choices=MARGINALS, default="uniform")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="evaluate on a stratified subset of this many test samples")
+    p.add_argument("--limit", type=_sample_count, help="evaluate on a stratified subset of this many test samples")
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="train a model on a dataset and register it in the zoo manifest")
-    p.add_argument("--arch", required=True, choices=["vgg11_bn", "resnet18", "mlp"])
+    p.add_argument("--arch", required=True, choices=["vgg11_bn", "resnet18", "mlp", "mobilenet_v2"])
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--dataset", required=True)
     p.add_argument("--epochs", type=int, default=10)

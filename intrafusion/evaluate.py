@@ -20,6 +20,8 @@ __all__ = ["Evaluation", "count_macs_params", "evaluate", "predict_logits"]
 @torch.no_grad()
 def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits of ``model`` (in eval mode, restored afterwards) on ``inputs``, batched."""
+    if len(inputs) == 0:
+        raise ValueError("the evaluation set is empty: give at least one input (check the dataset and --limit)")
     was_training = model.training
     model.eval()
     try:
@@ -59,6 +61,8 @@ class Evaluation:
 def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
              reference_logits: torch.Tensor | None = None, batch_size: int = 512) -> Evaluation:
     """Accuracy of ``model`` and, given the unpruned model's logits, output preservation."""
+    if len(inputs) != len(labels):
+        raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels: the evaluation set must pair them")
     logits = predict_logits(model, inputs, batch_size)
     pred = logits.argmax(1)
     correct = (pred == labels).cpu().numpy()

@@ -50,7 +50,10 @@ st.plotly_chart(common.figure_layout(fig, f"Group {group}: {n} channels, keep {m
                 key="importance_chart")
 
 st.subheader("Do criteria agree on what to keep?")
-chosen = st.multiselect("Criteria to compare", CRITERIA, default=["l1", "taylor", "lamp"], key="imp_compare")
+others = st.multiselect("Compare with", [c for c in CRITERIA if c != criterion],
+                        default=[c for c in ("l1", "taylor", "lamp") if c != criterion][:2], key="imp_compare",
+                        help=f"the criterion chosen at the top ({criterion}) is always compared, and orders the strip")
+chosen = [criterion, *others]
 if len(chosen) >= 2:
     try:
         all_scores = {c: common.importance(cur.key, cur, group, c) for c in chosen}
@@ -64,7 +67,7 @@ if len(chosen) >= 2:
     off = ag.overlap[~np.eye(len(chosen), dtype=bool)]
     c3.metric("Mean pairwise overlap", f"{off.mean():.1f} %")
     left, right = st.columns(2)
-    heat = go.Figure(go.Heatmap(z=ag.overlap, x=chosen, y=chosen, zmin=0, zmax=100, colorscale="Blues",
+    heat = go.Figure(go.Heatmap(z=ag.overlap, x=chosen, y=chosen, zmin=0, zmax=100, colorscale="Viridis",
                                 text=np.round(ag.overlap, 1), texttemplate="%{text}%",
                                 hovertemplate="%{y} ∩ %{x}: %{z:.1f}% of kept<extra></extra>"))
     heat.update_yaxes(autorange="reversed")
@@ -87,4 +90,4 @@ if len(chosen) >= 2:
     st.plotly_chart(common.figure_layout(strip, "Which channels each criterion keeps (blue) or prunes", 60 + 40 *
                                          len(chosen) + 60), key="membership_chart")
 else:
-    st.info("Pick at least two criteria to compare.")
+    st.info("Pick at least one other criterion to compare with.")

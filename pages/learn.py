@@ -11,7 +11,7 @@ from pages import _common as common
 
 common.ensure_app()
 
-st.title("Learn: fusing beats dropping")
+st.title("Learn: when fusing helps, and when dropping wins")
 st.markdown(
     """
 A **group** is a set of neurons that are pruned together. Every pruning method first gives each neuron an
@@ -104,6 +104,39 @@ bars = go.Figure(go.Bar(x=list(errors), y=list(errors.values()),
                         text=[f"{v:.3f}" for v in errors.values()], textposition="outside"))
 bars.update_yaxes(title="RMS error vs the original")
 right.plotly_chart(common.figure_layout(bars, "Error on a grid of inputs", 380), key="toy_errors")
+
+best = min(errors, key=errors.get)
+st.info(f"Here the smallest error is **{best}** ({errors[best]:.3f}); default pruning {errors['default']:.3f}, "
+        f"paper fusion {errors['fusion (paper)']:.3f}, function-preserving fusion "
+        f"{errors['fusion (function-preserving)']:.3f}. "
+        + ("With exact twins the function-preserving map is exact and the paper's map (sums on both sides) "
+           "doubles each fused pair's output, so it loses to dropping." if twins else
+           "With random (dissimilar) neurons a fused neuron averages directions that point different ways: its "
+           "pre-activation is a compromise that fires where none of the originals did, so dropping the least "
+           "important neurons can win. Fusion pays off when pruned neurons resemble kept ones (small cost)."))
+with st.expander("Why sums inflate logits, what repair does, a glossary and things to try"):
+    st.markdown(
+        """
+**Why sums compound.** The paper's map adds the incoming weights of the neurons fused into a target *and* their
+outgoing weights. One fused layer then scales its contribution by about (1 + share moved) twice; pruning every
+group multiplies such factors layer after layer, so logits grow and accuracy falls although each plan is sensible.
+The function-preserving map averages the incoming side, which keeps each layer's scale.
+
+**Repair (moment matching).** After pruning, re-estimate each layer's per-channel mean and variance on a few
+inputs (real, synthetic or none) and rescale/shift the channels to match the unpruned model's statistics. It
+undoes the inflation above without training; pick it under *Repair* on the sweep, trade-off and export pages
+when this version of the library provides it.
+
+**Glossary.** *Group*: channels that must be pruned together. *Importance*: a score per channel (l1 = size of its
+weights). *Sparsity s*: fraction of a group's channels removed; m = int(n(1 − s)) kept. *Cost C*: distance between
+two channels' weight vectors. *Transport plan P*: how much of each source's mass goes to each target. *Map T*: the
+plan turned into weights (T = Pᵀ diag(1/μ)). *Fuse*: replace each kept channel by its T-weighted combination.
+
+**Try this.** 1. Twins, noise 0: function-preserving error 0, paper fusion twice default. 2. Raise the noise to
+0.3: the plan still pairs twins, errors grow slowly. 3. Random neurons, sparsity 0.75: compare default and fusion.
+4. On *Transport plan*, click a pruned neuron and look at its cost to the nearest target: small cost = fusion helps.
+"""
+    )
 
 if twins:
     x0 = 1.5 * net.w[:1] / np.linalg.norm(net.w[0])  # a point where neuron A is active

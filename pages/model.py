@@ -92,7 +92,10 @@ st.subheader("Groups")
 st.caption("A group is the set of layers that must lose the same channel together: producers write the channels "
            "(conv/linear outputs), consumers read them (inputs of the next layers). Numbered from the output "
            "backwards, as in the paper.")
-st.dataframe(explore.groups_table(groups), hide_index=True, key="groups_table",
+group_rows = explore.groups_table(groups)
+for row, g in zip(group_rows, groups):  # a layer Intra-Fusion cannot transport leaves only its own groups alone
+    row["prunable"] = "yes" if getattr(g, "prunable", True) else f"no: {g.reason}"
+st.dataframe(group_rows, hide_index=True, key="groups_table",
              column_config={"producers": st.column_config.TextColumn(width="large"),
                             "consumers": st.column_config.TextColumn(width="large")})
 

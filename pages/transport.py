@@ -1,47 +1,71 @@
-"""Transport plan: cost, plan and map of one group as heatmaps; where a pruned neuron's mass goes."""
+"""Transport plan: one group's plan, cost and maps, linked: click a cell, a bar or a point to follow a neuron."""
 
 from __future__ import annotations
 
-import numpy as np
-import plotly.graph_objects as go
+import time
+
 import streamlit as st
 
 from intrafusion import views as explore
 from intrafusion.core.importance import CRITERIA
 from intrafusion.core.prune import TransportOptions
-from intrafusion.core.transport import MARGINALS, NORMALIZATIONS, SOLVERS, TARGETS
+from intrafusion.views import selection as sel
+from intrafusion.views import variants as var
+from pages import _charts as charts
 from pages import _common as common
+from pages import _controls as controls
+from pages import _jobs as jobs
+from pages import _transport_views as views
 
 common.ensure_app()
+
+PLAY_STEPS = [round(0.1 * i, 2) for i in range(1, 10)]
+ACC_JOB = "tp_accuracy_job"
+PLAY_TICK_S = 1.2
+ss = st.session_state
+
+# The play button's tick (a fragment below) asks for this full rerun; the sparsity moves before its slider exists.
+if ss.pop("tp_advance", False) and ss.get("tp_playing"):
+    ss["tp_advanced_at"] = time.monotonic()
+    s_now = ss.get("tp_sparsity", 0.5)
+    nxt = [s for s in PLAY_STEPS if s > s_now + 1e-9]
+    if nxt:
+        ss["tp_sparsity"] = nxt[0]
+    else:
+        ss["tp_playing"] = False
 
 st.title("Transport plan")
 st.caption("Intra-Fusion moves the mass of ALL n channels (sources) onto m targets along an optimal-transport plan "
            "P (n × m) that minimises Σ P·C, where C is the distance between the channels' feature vectors. "
-           "The map T = Pᵀ diag(1/μ) then writes every target as a weighted combination of the sources.")
+           "The map T = Pᵀ diag(1/μ) then writes every target as a weighted combination of the sources. "
+           "**Click** a heatmap cell, an importance bar or a point of the projection to select that neuron "
+           "everywhere on the page.")
 
 cur = common.require_model()
-c1, c2, c3 = st.columns(3)
+c1, c2, c3, c4 = st.columns([3, 3, 2, 1])
 with c1:
     group = common.group_select(cur, "tp_group")
 sparsity = c2.select_slider("Sparsity s", common.SPARSITIES[1:], value=0.5, key="tp_sparsity")
 criterion = c3.selectbox("Criterion", CRITERIA, key="tp_criterion")
+
+
+def _toggle_play() -> None:
+    playing = not ss.get("tp_playing", False)
+    ss["tp_playing"] = playing
+    if playing:
+        ss["tp_accuracy"] = True  # the accuracy marker moves with the plan
+        ss["tp_advanced_at"] = time.monotonic()
+        if ss.get("tp_sparsity", 0.5) >= PLAY_STEPS[-1] - 1e-9:
+            ss["tp_sparsity"] = PLAY_STEPS[0]
+
+
+c4.button("⏸ Pause" if ss.get("tp_playing") else "▶ Play", on_click=_toggle_play, key="tp_play",
+          help="step the sparsity from 0.1 to 0.9: the plan, the kept/pruned bars and the accuracy move together")
 with st.expander("Optimal-transport options", expanded=True):
-    o = st.columns(6)
-    solver = o[0].selectbox("Solver", SOLVERS, key="tp_solver", help="emd: exact (the paper); sinkhorn: entropic")
-    reg = o[1].number_input("Sinkhorn reg", 0.001, 10.0, 0.05, step=0.01, format="%.3f", key="tp_reg",
-                            disabled=solver != "sinkhorn", help="relative to the largest cost")
-    source_marginal = o[2].selectbox("Source marginal μ", MARGINALS, key="tp_mu")
-    target_marginal = o[3].selectbox("Target marginal ν", MARGINALS, key="tp_nu")
-    target = o[4].selectbox("Targets", TARGETS, key="tp_target",
-                            help="kept: the m kept channels (the paper); centroids: m k-means centroids")
-    p = o[5].selectbox("Cost exponent p", [1.0, 2.0, 0.5, 3.0], key="tp_p", help="C = ‖x − y‖_p")
-    normalization = st.radio("Map normalisation", NORMALIZATIONS, horizontal=True, key="tp_norm",
-                             help="paper: fused channels are SUMS on both sides; function-preserving: producers "
-                                  "averaged, consumers summed")
+    opts = controls.transport_controls("tp", normalization=True)
 
 try:
-    options = TransportOptions(normalization=normalization, target=target, source_marginal=source_marginal,
-                               target_marginal=target_marginal, solver=solver, reg=float(reg), p=float(p))
+    options = TransportOptions(**opts)
     record, proj = common.plan_view(cur.key, cur, group, sparsity, criterion, explore.options_key(options))
 except common.ERRORS as exc:
     common.show_error(exc, "Cannot compute the plan")
@@ -49,69 +73,71 @@ except common.ERRORS as exc:
 
 n, m = record.n, record.plan.shape[1]
 order = explore.importance_order(record.importance)
-src_labels = np.array(explore.source_labels(record))[order]
 tgt_labels = explore.target_labels(record)
-cols = explore.target_order(record)  # kept targets in the sources' order: the kept block is a diagonal
-st.caption(f"Group {group}: n = {n} sources, m = {m} targets, {len(record.pruned)} pruned (✂, below the red line). "
+col_order = explore.target_order(record)
+selected = views.selected_neuron(cur.key, group, record, order)
+st.caption(f"Group {group}: n = {n} sources, m = {m} targets, {len(record.pruned)} pruned (✂). "
            f"Transport cost Σ P·C = {float((record.plan * record.cost).sum()):.4f}; the plan has "
            f"{int((record.plan > 1e-12).sum())} non-zero entries (an exact plan has at most n + m − 1 = {n + m - 1}).")
 
-view = st.segmented_control("Matrix", ["Plan P", "Cost C", "Map T (producer side)", "Map T (consumer side)"],
-                            default="Plan P", key="tp_view") or "Plan P"
-if view == "Cost C":
-    z, scale, what = record.cost, "Viridis", "cost"
-elif view == "Plan P":
-    z, scale, what = record.plan, "Blues", "mass"
-elif view == "Map T (producer side)":
-    z, scale, what = record.map_out.T, "Blues", "coefficient"
-else:
-    z, scale, what = record.map_in.T, "Blues", "coefficient"
-heat = go.Figure(go.Heatmap(z=z[order][:, cols].astype(np.float32), x=[tgt_labels[c] for c in cols], y=src_labels,
-                            colorscale=scale,
-                            hovertemplate="source %{y}<br>target %{x}<br>" + what + " %{z:.4g}<extra></extra>"))
-heat.add_hline(y=len(record.kept) - 0.5, line_color="#d62728", line_width=2)
-heat.update_yaxes(autorange="reversed", title="sources (by importance)", type="category")
-heat.update_xaxes(title="targets", type="category")
-st.plotly_chart(common.figure_layout(heat, f"{view}: sources ordered by importance, pruned below the red line",
-                                     min(900, 320 + 2 * n)), key="plan_heatmap")
+d = st.columns([3, 2, 2, 2, 1])
+view = d[0].segmented_control("Matrix", views.MATRICES, default="Plan P", key="tp_view") or "Plan P"
+zoom = d[1].selectbox("Rows", sel.ZOOMS, key="tp_zoom",
+                      help="all rows, only the pruned neurons (with the targets they feed), or the first k rows")
+row_order = d[2].selectbox("Order rows by", sel.ORDERS, key="tp_order",
+                           help="importance: kept first, pruned below; target: each neuron next to the target it "
+                                "feeds most, so the neurons fused into one target form a band")
+k = d[3].slider("k (top-k rows)", 8, 128, 32, step=8, key="tp_k", disabled=zoom != "top-k rows")
+log = d[4].toggle("Log colour", key="tp_log", help="log10 of the values: makes small (e.g. Sinkhorn) mass visible")
 
-st.subheader("Where does a pruned neuron go?")
-if len(record.pruned) == 0:
-    st.info("Nothing is pruned at this sparsity.")
-    st.stop()
-pruned_set = set(record.pruned.tolist())
-pruned_by_imp = [int(c) for c in order if c in pruned_set]
-chosen = st.selectbox("Pruned neuron", pruned_by_imp, key="tp_neuron",
-                      format_func=lambda c: f"#{c} (importance {record.importance[c]:.3f})")
-flows = explore.neuron_flows(record, chosen)
-nearest = int(np.argmin(record.cost[chosen]))
-c1, c2, c3 = st.columns(3)
-c1.metric("Targets it feeds", len(flows))
-c2.metric("Nearest target", f"{tgt_labels[nearest]} (cost {record.cost[chosen, nearest]:.3f})")
-wcost = sum(f.mass * f.cost for f in flows) / max(sum(f.mass for f in flows), 1e-300)
-c3.metric("Mass-weighted cost of its flows", f"{wcost:.3f}")
-st.dataframe([f.to_dict() for f in flows], hide_index=True, key="flows_table")
+left, right = st.columns([3, 2])
+with left:
+    heat = views.heatmap_figure(record, order, col_order, tgt_labels, view, zoom, row_order, k, log, selected)
+    st.plotly_chart(heat, key="plan_heatmap", on_select=views.on_pick("plan_heatmap", cur.key, group),
+                    selection_mode="points")
+with right:
+    views.selected_panel(cur, record, tgt_labels, selected, group)
 
-fig = go.Figure()
-xs, ys, _ = explore.flow_segments(record, proj)
-fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="rgba(120,120,120,0.35)", width=1),
-                         name="flows of pruned neurons", hoverinfo="skip"))
-kept_mask = np.zeros(n, dtype=bool)
-kept_mask[record.kept] = True
-for name, mask, symbol in (("kept", kept_mask, "circle"), ("pruned", ~kept_mask, "x")):
-    idx = np.flatnonzero(mask)
-    fig.add_trace(go.Scatter(x=proj.sources[idx, 0], y=proj.sources[idx, 1], mode="markers", name=name,
-                             marker=dict(color=common.COLORS[name], symbol=symbol, size=7),
-                             customdata=idx, hovertemplate="#%{customdata}<extra>" + name + "</extra>"))
-if target == "centroids":
-    fig.add_trace(go.Scatter(x=proj.targets[:, 0], y=proj.targets[:, 1], mode="markers", name="centroids",
-                             marker=dict(color="#ff7f0e", symbol="diamond-open", size=9)))
-sx, sy, masses = explore.flow_segments(record, proj, [chosen], min_share=0.0)
-fig.add_trace(go.Scatter(x=sx, y=sy, mode="lines", line=dict(color="#ff7f0e", width=3), name=f"flows of #{chosen}"))
-fig.add_trace(go.Scatter(x=[proj.sources[chosen, 0]], y=[proj.sources[chosen, 1]], mode="markers",
-                         marker=dict(color="#ff7f0e", size=14, symbol="x"), name=f"#{chosen}"))
-ex = proj.explained
-fig.update_xaxes(title=f"PC 1 ({100 * ex[0]:.0f}% of variance)")
-fig.update_yaxes(title=f"PC 2 ({100 * ex[1]:.0f}%)", scaleanchor="x", scaleratio=1)
-st.plotly_chart(common.figure_layout(fig, "Feature vectors in 2-D (PCA): pruned neurons flow to their targets", 520),
-                key="projection_chart")
+bars_col, acc_col = st.columns(2)
+with bars_col:
+    st.plotly_chart(views.importance_figure(record, order, selected, criterion), key="tp_importance",
+                    on_select=views.on_pick("tp_importance", cur.key, group), selection_mode="points")
+with acc_col:
+    want_acc = st.toggle("Accuracy over sparsity (prunes this group in the background)", key="tp_accuracy")
+    if want_acc:
+        v_fusion = var.Variant("fusion", options.normalization, controls.options_tuple(opts))
+        acc_key = (cur.key, group, criterion, v_fusion)
+        job = jobs.get(ACC_JOB)
+        if job is None or job.settings.get("request") != acc_key:
+            try:
+                tasks = var.cell_tasks([group], PLAY_STEPS, [var.Variant("default"), v_fusion])
+                jobs.start(ACC_JOB, jobs.cell_job(cur.key, tasks, criterion, 200,
+                                                  {"request": acc_key, "labels": ["default", v_fusion.label]}))
+            except common.ERRORS as exc:
+                common.show_error(exc, "Cannot evaluate the group")
+        if jobs.get(ACC_JOB) is not None:
+            jobs.live(ACC_JOB, lambda j: st.plotly_chart(views.accuracy_figure(j, sparsity, charts.cached_base(
+                cur.key, 200)), key="tp_accuracy_chart"))
+    else:
+        st.caption("Turn on to see this group's accuracy (200 test images) against sparsity, default pruning vs "
+                   "Intra-Fusion with the options above; ▶ Play turns it on.")
+
+proj_col, sankey_col = st.columns(2)
+with proj_col:
+    st.plotly_chart(views.projection_figure(record, proj, selected, opts["target"]), key="projection_chart",
+                    on_select=views.on_pick("projection_chart", cur.key, group), selection_mode="points")
+with sankey_col:
+    st.plotly_chart(views.sankey_figure(record, tgt_labels, selected), key="flows_sankey")
+
+
+@st.fragment(run_every=PLAY_TICK_S if ss.get("tp_playing") else None)
+def _player():
+    """Ticks while playing: each tick (not the full run that draws the page) asks for the next sparsity."""
+    st.caption(f"▶ playing: s = {ss.get('tp_sparsity', sparsity):g}")
+    if ss.get("tp_playing") and time.monotonic() - ss.get("tp_advanced_at", 0.0) >= 0.8 * PLAY_TICK_S:
+        ss["tp_advance"] = True
+        st.rerun()
+
+
+if ss.get("tp_playing"):
+    _player()

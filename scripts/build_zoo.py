@@ -225,6 +225,57 @@ def render(results: list[dict], regenerate: str) -> str:
     return "\n".join(lines)
 
 
+#: Paper-scale models (groups of 64-512 channels), stored in half precision and loaded as float32.
+PAPER_SCALE = (
+    Recipe("vgg11_bn", 1.0, "mnist5k", 30),
+    Recipe("vgg11_bn", 1.0, "animals10k", 30),
+    Recipe("resnet18", 0.5, "mnist5k", 20),
+)
+
+
+def paper_scale_id(recipe: Recipe) -> str:
+    return f"{recipe.arch}_w{recipe.width:g}-{recipe.dataset}"
+
+
+def bundle_half(src_dir: Path, model_id: str) -> dict:
+    """Copy ``src_dir/model_id`` (trained by ``python -m intrafusion train --out src_dir``) into the zoo as float16.
+
+    The manifest entry is the training entry with the file, sha256, size and test accuracy of the STORED model
+    (loaded back as float32 after the cast), so every number the app shows is the bundled model's.
+    """
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from intrafusion.experiments.train import _write_manifest
+
+    entry = next(e for e in json.loads((src_dir / "manifest.json").read_text())["models"] if e["id"] == model_id)
+    tensors = load_file(str(src_dir / entry["file"]))
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    from safetensors import safe_open
+
+    with safe_open(str(src_dir / entry["file"]), "pt") as fh:
+        meta = dict(fh.metadata() or {})
+    meta["stored_dtype"] = json.dumps("float16")
+    dest = zoo.MODELS_DIR / entry["file"]
+    save_file(half, str(dest), metadata=meta)
+    entry = dict(entry, sha256=zoo.sha256_file(dest), size_bytes=dest.stat().st_size)
+    entry["train_command"] = entry["command"].replace(f" --out {src_dir}", "")
+    entry["command"] = f"python scripts/build_zoo.py --paper-scale --only {model_id}"
+    entry["storage"] = "float16 safetensors, loaded as float32; test_accuracy measured on the loaded model"
+    _write_manifest(zoo.MODELS_DIR, entry)
+    zoo._load_verified.cache_clear()
+    loaded = zoo.load_zoo_model(model_id)
+    x, y = load_dataset(loaded.dataset, "test", preprocessing=loaded.preprocessing).tensors
+    acc = evaluate(loaded.model, x, y).accuracy
+    entry["float32_test_accuracy"], entry["test_accuracy"] = entry["test_accuracy"], acc
+    entry["description"] = entry["description"].rsplit(";", 1)[0] + (
+        f"; {acc:.2f}% on its {get_info(loaded.dataset).test_size} test images (stored as float16)")
+    _write_manifest(zoo.MODELS_DIR, entry)
+    zoo._load_verified.cache_clear()
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table-only", action="store_true", help="train nothing; measure and rewrite the doc")
@@ -233,9 +284,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", type=Path, default=DOC, help="where to write the doc (default docs/ZOO.md)")
     parser.add_argument("--no-doc", action="store_true", help="train only; measure nothing, write no doc")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--paper-scale", action="store_true",
+                        help="train the paper-scale models (PAPER_SCALE) and bundle them as float16")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    known = {r.id: r for r in ZOO}
+    if args.paper_scale:
+        import tempfile
+
+        for recipe in PAPER_SCALE:
+            mid = paper_scale_id(recipe)
+            if args.only and mid not in args.only:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                train_zoo_model(recipe.arch, recipe.width, recipe.dataset, recipe.epochs, seed=recipe.seed,
+                                model_id=mid, out_dir=tmp, lr=recipe.lr, batch_size=recipe.batch_size,
+                                progress=not args.quiet)
+                entry = bundle_half(Path(tmp), mid)
+            print(f"  {mid}: {entry['test_accuracy']:.2f}% (float16), {entry['size_bytes'] / 1e6:.1f} MB",
+                  file=sys.stderr)
+        return 0
+    known = {r.id: r for r in ZOO} | {paper_scale_id(r): r for r in PAPER_SCALE}
     for i in args.only or []:
         if i not in known:
             parser.error(f"unknown zoo model {i!r}; zoo models: {', '.join(known)}")

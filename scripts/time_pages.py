@@ -32,7 +32,8 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 PAGES = [("Model", "model"), ("Importance", "importance"), ("Transport plan", "transport"),
-         ("Fusion vs pruning", "fusion"), ("Whole model & fine-tuning", "finetune"), ("Learn", "learn"),
+         ("Fusion vs pruning", "fusion"), ("Sparsity trade-off", "tradeoff"), ("Whole model & fine-tuning", "finetune"),
+         ("Learn", "learn"),
          ("Export", "export")]
 
 

@@ -21,6 +21,7 @@ from intrafusion.core.prune import kept_count
 from intrafusion.models.architectures import ArchConfig, build_model
 from intrafusion.models.checkpoint import load_model
 from intrafusion.models.zoo import DEFAULT_MODEL, list_models
+from intrafusion.views import variants as var
 
 torch.set_num_threads(2)
 pytest.importorskip("streamlit")
@@ -193,7 +194,7 @@ def test_unsupported_layer_is_named_and_the_app_stays_usable(sizes):
     from intrafusion.models.zoo import LoadedModel
 
     weird = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(4, 10)).eval()
     key = "upload:0000:custom:mnist5k:weird.pt"
     at = AppTest.from_file(APP, default_timeout=120)
@@ -202,7 +203,9 @@ def test_unsupported_layer_is_named_and_the_app_stays_usable(sizes):
     at.session_state["model_key"] = key
     at.run()
     assert not at.exception
-    assert any("depthwise" in e.value or "grouped" in e.value for e in at.error), [e.value for e in at.error]
+    # a grouped conv that is not depthwise makes only its own groups unprunable, shown with the reason
+    prunable = at.dataframe[0].value["prunable"].tolist()
+    assert all(p.startswith("no:") and "grouped conv" in p for p in prunable), prunable
     at.selectbox(key="model_key").set_value(f"zoo:{SMALL}").run()  # switch back: everything works again
     ok(at)
     assert at.dataframe[0].value["channels"].tolist() == sizes
@@ -228,9 +231,10 @@ def test_importance_page_bars_and_agreement(sizes):
     assert overlap.shape == (3, 3) and np.allclose(np.diag(overlap.astype(float)), 100.0)
     strip = _arr(chart(at, "membership_chart")["data"][0]["z"])
     assert strip.shape == (3, n) and np.allclose(strip.astype(float).sum(axis=1), m)
-    at.multiselect(key="imp_compare").set_value(["l1"]).run()
+    assert list(chart(at, "overlap_chart")["data"][0]["x"])[0] == "l2"  # the criterion chosen at the top
+    at.multiselect(key="imp_compare").set_value([]).run()
     ok(at)
-    assert any("at least two" in i.value for i in at.info)
+    assert any("at least one other" in i.value for i in at.info)
 
 
 # -------------------------------------------------------------------------------------------- transport
@@ -247,17 +251,35 @@ def test_transport_page_heatmaps_flows_and_options(sizes):
     assert np.isclose(z.astype(float).sum(), 1.0, atol=1e-5)  # a transport plan
     assert sum(str(lbl).endswith("✂") for lbl in heat["y"]) == n - m
     assert all(not str(lbl).endswith("✂") for lbl in heat["y"][:m])  # pruned sources at the bottom
+    cells = chart(at, "plan_heatmap")["data"][1]  # invisible clickable markers, one per cell of a small plan
+    assert len(_arr(cells["x"])) == n * m
     proj = chart(at, "projection_chart")
     names = [t.get("name", "") for t in proj["data"]]
     assert "kept" in names and "pruned" in names
     assert len(_arr(proj["data"][names.index("pruned")]["x"])) == n - m
-    assert len(at.dataframe[0].value) >= 1  # the chosen neuron's flows
-    at.segmented_control(key="tp_view").set_value("Cost C").run()
+    assert len(at.dataframe[0].value) >= 1  # the selected (pruned) neuron's flows
+    sankey = chart(at, "flows_sankey")["data"][0]
+    assert sum(_arr(sankey["link"]["value"]).astype(float)) <= 100.0 + 1e-6
+    at.selectbox(key="tp_zoom").set_value("pruned rows").run()
+    ok(at)
+    assert _arr(chart(at, "plan_heatmap")["data"][0]["z"]).shape[0] == n - m
+    at.selectbox(key="tp_order").set_value("target")
+    at.toggle(key="tp_log").set_value(True).run()
+    ok(at)
+    at.segmented_control(key="tp_view").set_value("Cost C")
+    at.selectbox(key="tp_zoom").set_value("all rows").run()
     ok(at)
     assert _arr(chart(at, "plan_heatmap")["data"][0]["z"]).shape == (n, m)
-    neuron = at.selectbox(key="tp_neuron")
-    neuron.select_index(len(neuron.options) - 1).run()
+    # a kept neuron selected (as a click on its bar, cell or point does): what merged into it, coefficients
+    at.session_state["tp_pick"] = {"where": (f"zoo:{SMALL}", 1), "channel": int(at.session_state["tp_pick"]["channel"])
+                                   if "tp_pick" in at.session_state else 0}
+    rec_kept = chart(at, "tp_importance")["data"][0]
+    first_kept = int(_arr(rec_kept["customdata"])[0])
+    at.session_state["tp_pick"] = {"where": (f"zoo:{SMALL}", 1), "channel": first_kept}
+    at.run()
     ok(at)
+    merged = at.dataframe[0].value
+    assert merged["source"].iloc[0].startswith("#") and merged["share of target %"].sum() == pytest.approx(100.0)
     at.selectbox(key="tp_solver").set_value("sinkhorn")
     at.selectbox(key="tp_target").set_value("centroids")
     at.selectbox(key="tp_p").set_value(2.0)
@@ -268,49 +290,92 @@ def test_transport_page_heatmaps_flows_and_options(sizes):
     assert "centroids" in names
 
 
+def test_transport_accuracy_job_and_play(sizes):
+    at = ok(page("transport"))
+    at.toggle(key="tp_accuracy").set_value(True).run()
+    job = at.session_state["tp_accuracy_job"]
+    assert job.wait(120) and job.state == "done" and len(job.rows) == 2 * 9
+    at.run()
+    ok(at)
+    acc = chart(at, "tp_accuracy_chart")
+    lines = [t for t in acc["data"] if t.get("mode") == "lines+markers"]
+    assert [len(_arr(t["x"])) for t in lines] == [9, 9]
+    assert acc["layout"]["yaxis"]["range"] == [0, 101]
+    at.button(key="tp_play").click().run()
+    ok(at)
+    assert at.session_state["tp_playing"]
+    at.session_state["tp_advance"] = True
+    at.session_state["tp_advanced_at"] = 0.0
+    at.run()
+    assert at.select_slider(key="tp_sparsity").value == pytest.approx(0.6)  # one step of the play button
+
+
 # --------------------------------------------------------------------------------------- fusion vs pruning
 
 
-def test_fusion_page_sweep_curves_table_and_csv():
-    at = ok(page("fusion"))
-    at.multiselect(key=mk("fu_groups")).set_value([0, 1])
-    at.multiselect(key="fu_sparsities").set_value([0.3, 0.6])
+def _run_sweep(at: AppTest, groups, sparsities) -> AppTest:
+    at.multiselect(key=mk("fu_groups")).set_value(groups)
+    at.multiselect(key="fu_sparsities").set_value(sparsities)
     at.selectbox(key="fu_limit").set_value(200).run()
     at.button(key="fu_run").click().run()
+    return at
+
+
+def test_fusion_page_sweep_curves_table_and_csv():
+    at = _run_sweep(ok(page("fusion")), [0, 1], [0.3, 0.6])
     ok(at)
     job = at.session_state["sweep_job"]
-    assert job.done and len(job.rows) == 2 * 2 * 3  # groups x sparsities x (default + 2 normalisations)
-    fig = chart(at, "Accuracy after pruning one group")
+    assert job.wait(120) and job.state == "done"
+    at.run()
+    ok(at)
+    assert len(job.rows) == 2 * 2 * 3  # groups x sparsities x (default + 2 normalisations)
+    fig = chart(at, "sweep_curves")
     curves = [t for t in fig["data"] if t.get("mode") == "lines+markers"]
     assert len(curves) == 2 * 3
     assert sum(len(_arr(t["x"])) for t in curves) == 12  # one point per cell
+    assert fig["layout"]["yaxis"]["range"] == [0, 101]  # fixed axes: the chart never rescales
     labels = {t["name"] for t in curves}
     assert labels == {"default", "fusion (paper)", "fusion (function-preserving)"}
-    table = at.dataframe[0].value
-    assert len(table) == 12 and set(table["label"]) == labels
+    rows = at.dataframe[0].value
+    assert len(rows) == 12 and set(rows["label"]) == labels
     assert at.get("download_button")
-    assert explore.rows_to_csv(job.rows).count("\n") == 13
-    hist = chart(at, "distance_hist")
-    assert len(hist["data"]) == 3
+    assert var.rows_to_csv(job.rows).count("\n") == 13
+    assert len(chart(at, "distance_hist")["data"]) == 3
     assert at.button(key="fu_stop").disabled
 
 
-def test_fusion_page_respects_a_stopped_job():
+def test_fusion_page_compares_two_settings():
     at = ok(page("fusion"))
-    from intrafusion.experiments.sweep import sweep_cells
-
-    cells = sweep_cells([0], [0.3, 0.5], ("default", "fusion"), ["paper"])
-    job = explore.SweepJob(cells, "l1", {"model_key": f"zoo:{SMALL}", "groups": [0], "sparsities": [0.3, 0.5],
-                                         "criterion": "l1", "normalizations": ["paper"], "limit": 200})
-    job.stop()
-    at.session_state["sweep_job"] = job
+    at.multiselect(key="fu_methods").set_value(["default", "fusion (paper)"])
+    at.toggle(key="fu_compare").set_value(True).run()
+    at.selectbox(key="fuB_solver").set_value("sinkhorn")
+    at = _run_sweep(at, [0], [0.5])
+    job = at.session_state["sweep_job"]
+    assert job.wait(120) and job.state == "done"
     at.run()
     ok(at)
-    assert len(at.session_state["sweep_job"].rows) == 0  # stopped: the page computes nothing more
-    assert any("stopped after 0 of 4" in (p.proto.text or "") for p in at.get("progress"))
-    job.stopped = False  # resumed: it runs to the end
+    assert sorted(r.label for r in job.rows) == ["default [A]", "fusion (paper) [A]", "fusion (paper) [B]"]
+    diff = at.dataframe[0].value
+    a = next(r.accuracy for r in job.rows if r.label == "fusion (paper) [A]")
+    b = next(r.accuracy for r in job.rows if r.label == "fusion (paper) [B]")
+    assert diff["B - A"].iloc[0] == pytest.approx(b - a)
+
+
+def test_fusion_page_stop_adds_no_cell_after_it():
+    at = _run_sweep(ok(page("fusion")), [0, 1], common_sparsities())
+    at.button(key="fu_stop").click().run()
+    ok(at)
+    job = at.session_state["sweep_job"]
+    count = job.stopped_rows
+    assert job.state == "stopped" and count is not None and count < job.total
+    assert job.wait(60)
     at.run()
-    assert at.session_state["sweep_job"].done
+    assert len(job.rows) == count  # nothing appeared after Stop
+    assert any(f"stopped after {count}" in (p.proto.text or "") for p in at.get("progress"))
+
+
+def common_sparsities() -> list[float]:
+    return [round(0.05 * i, 2) for i in range(1, 19)]
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
@@ -324,12 +389,17 @@ def test_finetune_page_prunes_all_and_fine_tunes():
     at.slider(key="ft_epochs").set_value(1).run()
     at.button(key="ft_run").click().run()
     ok(at)
-    fig = chart(at, "Recovery")
+    assert at.session_state["finetune_job"].wait(120)
+    at.run()
+    ok(at)
+    assert at.get("header") is not None and any("Fine-tune each" in h.value for h in at.subheader)
+    fig = chart(at, "recovery_curves")
     assert [t["name"] for t in fig["data"]] == ["default", "fusion (paper)"]
     for t in fig["data"]:
         assert list(_arr(t["x"])) == [0, 1]  # epoch 0 (right after pruning) and 1
     job = at.session_state["finetune_job"]
-    assert not job.pending and job.histories["default"][0].test_accuracy == pytest.approx(table["accuracy %"][1])
+    first = next(r for label, r in job.rows if label == "default")
+    assert job.state == "done" and first.test_accuracy == pytest.approx(table["accuracy %"][1])
 
 
 # ------------------------------------------------------------------------------------------------ learn
@@ -371,8 +441,11 @@ def test_export_page_report_and_downloads(sizes):
     assert config.to_dict() == result["config"]
     assert config.hidden == (kept_count(sizes[1], 0.5), kept_count(sizes[0], 0.5))  # hidden layers, input first
     assert sum(p.numel() for p in model.parameters()) == rep["after"]["params"]
-    assert meta["pruning"]["method"] == "fusion" and meta["dataset"] == "digits8x8"
+    assert meta["pruning"]["method"] == "fusion (paper)" and meta["dataset"] == "digits8x8"
+    assert result["name"] == f"{SMALL}-fusion-paper-s0.5-repair-none"  # settings in the file names
     assert len(at.dataframe[0].value) == 2
+    lost = -rep["change"]["accuracy_points"]
+    assert any("lost" in w.value for w in at.warning) == (lost > 3.0)
 
 
 def test_data_folder_option_reads_a_torchvision_dataset(tmp_path, monkeypatch):
@@ -397,3 +470,32 @@ def test_data_folder_option_reads_a_torchvision_dataset(tmp_path, monkeypatch):
     at = _upload(at.run(), data, "mnist.safetensors", dataset="mnist")
     ok(at)
     assert at.selectbox(key="model_key").value.startswith("upload:")
+
+
+# ------------------------------------------------------------------------------------------- trade-off
+
+
+def test_tradeoff_page_curves_and_grid(sizes):
+    at = ok(page("tradeoff"))
+    at.multiselect(key="to_methods").set_value(["default", "fusion (paper)"])
+    at.multiselect(key="to_sparsities").set_value([0.3, 0.6]).run()
+    at.button(key="to_run").click().run()
+    ok(at)
+    job = at.session_state["tradeoff_job"]
+    assert job.wait(120) and job.state == "done" and len(job.rows) == 4
+    at.run()
+    ok(at)
+    fig = chart(at, "tradeoff_chart")
+    curves = [t for t in fig["data"] if t.get("mode") == "lines+markers"]
+    assert len(curves) == 2 * 3  # two methods x (params, MACs, latency)
+    star = next(t for t in fig["data"] if t.get("name") == "unpruned")
+    params = [r.params for r in job.rows]
+    assert max(params) < _arr(star["x"]).astype(float)[0]  # pruning shrinks the model
+    assert all(r.group == "all" and r.macs and r.latency_ms > 0 for r in job.rows)
+    at.button(key="to_grid_run").click().run()
+    grid_job = at.session_state["tradeoff_grid_job"]
+    assert grid_job.wait(120) and grid_job.state == "done"
+    at.run()
+    ok(at)
+    z = _arr(chart(at, "grid_chart")["data"][0]["z"]).astype(float)
+    assert z.shape == (len(sizes), 7) and np.isfinite(z).all()

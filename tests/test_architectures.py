@@ -148,7 +148,7 @@ def test_mlp_layout_and_forward():
 
 
 def test_build_model_from_config_and_registry():
-    assert set(ARCHITECTURES) == {"vgg11_bn", "resnet18", "mlp"}
+    assert set(ARCHITECTURES) == {"vgg11_bn", "resnet18", "mlp", "mobilenet_v2"}
     vgg = build_model(ArchConfig("vgg11_bn", width=0.5, num_classes=100))
     assert isinstance(vgg, VGG) and vgg.training
     assert tuple(vgg.classifier.weight.shape) == (100, 256)

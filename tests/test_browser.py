@@ -177,10 +177,10 @@ def _walk(server, page):
     shot(pg, "02_importance")
 
     go(pg, "Transport plan")
-    assert pg.locator(".js-plotly-plot").count() == 2
+    assert pg.locator(".js-plotly-plot").count() == 4  # plan heatmap, importance bars, projection, Sankey
     t0 = time.perf_counter()
     pg.get_by_text("Cost C", exact=True).click()
-    pg.get_by_text("Cost C: sources ordered by importance").wait_for()
+    pg.get_by_text(re.compile(r"^Cost C: \d+ of \d+ sources")).wait_for()
     wait_idle(pg, settle=0.3)
     print(f"transport plan redraw after a control: {time.perf_counter() - t0:.2f} s")
     no_exception(pg)
@@ -188,6 +188,10 @@ def _walk(server, page):
 
     # a sweep on the default model, stopped after its first points: they stay, and no more are computed
     go(pg, "Fusion vs pruning")
+    # every test image per evaluation: slow enough cells to press Stop while it runs
+    pg.locator('[data-testid="stSelectbox"]').filter(has_text="Test images per evaluation").click()
+    pg.get_by_role("option", name="all", exact=True).click()
+    wait_idle(pg)
     pg.get_by_role("button", name="Run sweep").click()
     deadline = time.time() + 90
     while time.time() < deadline and not re.search(r"running: [1-9]", progress_text(pg)):
@@ -220,7 +224,7 @@ def _walk(server, page):
 
     go(pg, "Whole model & fine-tuning")
     pg.get_by_role("button", name="Fine-tune").click()
-    pg.get_by_text("done", exact=True).wait_for(timeout=90_000)
+    pg.get_by_text(re.compile(r"done: \d+ models")).first.wait_for(timeout=90_000)
     wait_idle(pg)
     no_exception(pg)
     assert wait_until(lambda: plot_points(pg) >= 2 * 4)  # two methods, epochs 0..3

@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+from intrafusion.core.groups import list_groups
 from intrafusion.core.prune import default_pruning, intra_fusion
 from intrafusion.data import load_dataset
 from intrafusion.evaluate import evaluate
@@ -18,6 +19,8 @@ from intrafusion.models import zoo
 from intrafusion.models.checkpoint import CheckpointError, sha256_file
 
 ZOO_IDS = ["vgg11_bn-mnist5k", "resnet18-mnist5k", "vgg11_bn-animals10k", "resnet18-animals10k", "mlp-digits8x8"]
+#: Paper-scale models (float16 files loaded as float32; rebuilt by scripts/build_zoo.py --paper-scale).
+PAPER_IDS = ["vgg11_bn_w1-mnist5k", "vgg11_bn_w1-animals10k", "resnet18_w0.5-mnist5k"]
 ASSETS = zoo.MODELS_DIR.parent
 FLOOR = 97.0  # every bundled model reaches at least this test accuracy (docs/ZOO.md)
 
@@ -35,7 +38,7 @@ def _entries() -> dict[str, zoo.ZooEntry]:
 
 def test_manifest_lists_the_bundled_models():
     entries = _entries()
-    assert list(entries) == ZOO_IDS  # the app's default model first
+    assert list(entries) == ZOO_IDS + PAPER_IDS  # the app's default model first
     assert zoo.DEFAULT_MODEL == ZOO_IDS[0]
     raw = json.loads((zoo.MODELS_DIR / "manifest.json").read_text())
     for m in raw["models"]:
@@ -48,14 +51,32 @@ def test_manifest_lists_the_bundled_models():
         assert e.size_bytes == e.path.stat().st_size
         assert e.params > 0 and e.macs > 0 and e.epochs > 0
         assert e.arch == {"vgg11": "vgg11_bn", "resne": "resnet18", "mlp-d": "mlp"}[e.id[:5]]
+        if e.id in PAPER_IDS:
+            assert e.width == (1.0 if e.arch == "vgg11_bn" else 0.5)
 
 
-def test_assets_fit_in_60_mb():
-    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+def test_assets_fit_in_60_mb_plus_80_mb_of_paper_scale_models():
+    paper = {zoo.get_entry(i).path for i in PAPER_IDS}
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file() and f not in paper)
     assert total <= 60 * 2**20, total / 2**20
+    assert all(p.stat().st_size <= 25 * 10**6 for p in paper)
+    assert sum(p.stat().st_size for p in paper) <= 80 * 2**20
 
 
-@pytest.mark.parametrize("model_id", ZOO_IDS)
+@pytest.mark.parametrize("model_id", PAPER_IDS)
+def test_paper_scale_model_is_float16_loaded_as_float32_with_its_rebuild_command(model_id):
+    from safetensors import safe_open
+
+    e = zoo.get_entry(model_id)
+    with safe_open(str(e.path), "pt") as fh:
+        assert fh.get_tensor(next(k for k in fh.keys() if k.endswith(".weight"))).dtype == torch.float16
+    loaded = zoo.load_zoo_model(model_id)
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    assert e.command == f"python scripts/build_zoo.py --paper-scale --only {model_id}"
+    assert max(g.n for g in list_groups(loaded.model, loaded.example_inputs)) == (512 if e.width == 1 else 256)
+
+
+@pytest.mark.parametrize("model_id", ZOO_IDS + PAPER_IDS)
 def test_model_loads_verified_and_matches_its_accuracy(model_id):
     entry = zoo.get_entry(model_id)
     assert sha256_file(entry.path) == entry.sha256
@@ -129,7 +150,7 @@ def test_models_command_lists_the_zoo_as_json():
     with contextlib.redirect_stdout(out):
         assert main(["models", "--json"]) == 0
     rows = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
-    assert [r["id"] for r in rows] == ZOO_IDS
+    assert [r["id"] for r in rows] == ZOO_IDS + PAPER_IDS
     for r in rows:
         assert {"id", "arch", "dataset", "accuracy"} <= set(r)
         assert r["accuracy"] == zoo.get_entry(r["id"]).test_accuracy

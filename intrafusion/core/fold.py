@@ -18,10 +18,28 @@ from torch import nn
 
 from .groups import PruningGraph, UnsupportedLayerError
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["bn_targets", "fold_batchnorm"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+@torch.no_grad()
+def bn_targets(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel statistics that folding discards: {BatchNorm name: (beta, |gamma|)}.
+
+    The folded pre-activation a_j = gamma_j (z - mean_j) / sqrt(var_j + eps) + beta_j has mean beta_j and
+    std |gamma_j| (up to the factor sqrt(var / (var + eps))) over the training distribution: the targets a
+    repair restores. Call it on the unfolded model.
+    """
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, _BN):
+            n = m.num_features
+            beta = m.bias.detach().clone() if m.affine else torch.zeros(n)
+            gamma = m.weight.detach().abs().clone() if m.affine else torch.ones(n)
+            out[name] = (beta.float(), gamma.float())
+    return out
 
 
 @torch.no_grad()

@@ -9,6 +9,12 @@ A group's channels are addressed through *slices*: for every parametrised layer 
 matrix ``index`` of shape (n, k) such that group channel ``c`` is the layer's rows (``side='out'``) or
 columns (``side='in'``) ``index[c]``. ``k`` is 1 except behind a flatten, where one channel feeds k inputs
 of a linear layer.
+
+A depthwise conv (one k x k kernel per channel, ``groups`` = channels) lies INSIDE a group: in an inverted
+residual the expand conv's out-rows, the depthwise kernels and the project conv's in-columns all belong to
+channel c; the kernel is transported like a producer row. A layer Intra-Fusion cannot transport (a grouped
+conv that is not depthwise, LayerNorm, GroupNorm, an uneven reshape) makes only the groups it belongs to
+unprunable (``Group.prunable`` False, with ``Group.reason``); every other group can still be pruned.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 _IN_FNS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 _NORM_FNS = (tp.prune_batchnorm_out_channels,)
 _SUPPORTED = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
 
 
 class UnsupportedLayerError(ValueError):
@@ -50,6 +57,15 @@ class Group:
         BatchNorm layers on the group's channels (folded before pruning).
     residual : bool
         True when several producers write into the same channels through additions (a residual stream).
+    depthwise : tuple of str
+        Depthwise convs on the group's channels (``groups`` = channels): channel c's kernel is ``weight[c]``,
+        so it travels with the channel and is transported like a producer row (their slices have
+        ``side='out'`` and ``depthwise=True``; they are not counted as producers).
+    prunable : bool
+        False when a layer of the group cannot be transported (a grouped conv that is not depthwise,
+        LayerNorm, GroupNorm, an uneven reshape, ...): only this group is then left alone.
+    reason : str
+        Why the group is not prunable ('' when it is).
     """
 
     index: int
@@ -58,6 +74,9 @@ class Group:
     consumers: tuple[str, ...]
     norms: tuple[str, ...] = ()
     residual: bool = False
+    depthwise: tuple[str, ...] = ()
+    prunable: bool = True
+    reason: str = ""
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +86,9 @@ class Group:
             "consumers": list(self.consumers),
             "norms": list(self.norms),
             "residual": self.residual,
+            "depthwise": list(self.depthwise),
+            "prunable": self.prunable,
+            "reason": self.reason,
         }
 
 
@@ -78,6 +100,7 @@ class LayerSlice:
     module: nn.Module
     side: str  # 'out' | 'in' | 'norm'
     index: torch.Tensor = field(repr=False)  # (n, k) long
+    depthwise: bool = False  # a depthwise conv: side 'out' (its kernel per channel moves like a producer row)
 
 
 def _index_matrix(idxs, root_idxs, n: int, name: str) -> torch.Tensor:
@@ -165,14 +188,25 @@ class PruningGraph:
 
     def slices(self, index: int, tp_group=None) -> list[LayerSlice]:
         """The parametrised layers of group ``index`` with their channel index matrices."""
+        self.check_prunable(index)
         g = self.tp_group(index) if tp_group is None else tp_group
         n = self.channels(index)
         out: list[LayerSlice] = []
+        seen_depthwise: set[nn.Module] = set()
         for item in g:
             module, fn = item.dep.target.module, item.dep.handler
             name = self._names.get(module, type(module).__name__)
+            if _is_depthwise(module):
+                # One kernel per channel (in = out = groups): torch-pruning lists it once or twice (in and
+                # out side); its rows go with the channel exactly like a producer's out-rows.
+                if module not in seen_depthwise:
+                    seen_depthwise.add(module)
+                    out.append(LayerSlice(name, module, "out", _index_matrix(item.idxs, item.root_idxs, n, name),
+                                          depthwise=True))
+                continue
             if isinstance(module, nn.Conv1d | nn.Conv2d) and module.groups != 1:
-                raise UnsupportedLayerError(_unsupported_message(name, module, "grouped/depthwise conv"))
+                raise UnsupportedLayerError(_unsupported_message(
+                    name, module, f"grouped conv, groups={module.groups}, not depthwise"))
             if fn in _OUT_FNS or fn in _IN_FNS or fn in _NORM_FNS:
                 if not isinstance(module, _SUPPORTED):
                     raise UnsupportedLayerError(_unsupported_message(name, module))
@@ -183,8 +217,12 @@ class PruningGraph:
         return out
 
     def _describe(self, index: int) -> Group:
-        sl = self.slices(index)
-        producers = tuple(s.name for s in sl if s.side == "out")
+        try:
+            sl = self.slices(index)
+        except UnsupportedLayerError as exc:
+            # Only this group is unprunable: describe it from torch-pruning's items, say why.
+            return self._describe_unprunable(index, str(exc))
+        producers = tuple(s.name for s in sl if s.side == "out" and not s.depthwise)
         return Group(
             index=index,
             n=self.channels(index),
@@ -192,22 +230,51 @@ class PruningGraph:
             consumers=tuple(s.name for s in sl if s.side == "in"),
             norms=tuple(s.name for s in sl if s.side == "norm"),
             residual=len(producers) > 1,
+            depthwise=tuple(s.name for s in sl if s.depthwise),
         )
+
+    def _describe_unprunable(self, index: int, reason: str) -> Group:
+        sides: dict[str, list[str]] = {"out": [], "in": [], "norm": []}
+        for item in self.tp_group(index):
+            module, fn = item.dep.target.module, item.dep.handler
+            if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
+                continue
+            name = self._names.get(module, type(module).__name__)
+            side = "in" if fn in _IN_FNS else ("norm" if isinstance(module, _NORM_TYPES) else "out")
+            if name not in sides[side]:
+                sides[side].append(name)
+        return Group(index=index, n=self.channels(index), producers=tuple(sides["out"]),
+                     consumers=tuple(sides["in"]), norms=tuple(sides["norm"]), residual=len(sides["out"]) > 1,
+                     prunable=False, reason=reason)
+
+    def check_prunable(self, index: int) -> int:
+        """``index`` if group ``index`` can be pruned, else UnsupportedLayerError with the group's reason."""
+        index = self.check_index(index)
+        group = self.groups[index] if hasattr(self, "groups") else None
+        if group is not None and not group.prunable:
+            raise UnsupportedLayerError(f"group {index} cannot be pruned: {group.reason}. The other groups can.")
+        return index
 
     def prune(self, index: int, pruned: list[int]) -> None:
         """Remove channels ``pruned`` from every layer of group ``index`` (torch-pruning's index selection)."""
         if not pruned:
             return
-        root = self._roots[self.check_index(index)]
+        root = self._roots[self.check_prunable(index)]
         pruner = self.dg.get_pruner_of_module(root)
         self.dg.get_pruning_group(root, pruner.prune_out_channels, sorted(int(i) for i in pruned)).prune()
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    """A depthwise conv: one kernel per channel (groups = in = out channels > 1)."""
+    return (isinstance(module, nn.Conv1d | nn.Conv2d) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
 
 
 def _unsupported_message(name: str, module: nn.Module, what: str | None = None) -> str:
     kind = what or type(module).__name__
     return (
-        f"layer '{name}' ({kind}) is in a pruning group but Intra-Fusion cannot transport it; "
-        "supported layers are Conv1d/Conv2d (groups=1), Linear and BatchNorm1d/2d: replace or exclude that layer"
+        f"layer '{name}' ({kind}) is in this pruning group but Intra-Fusion cannot transport it; "
+        "supported layers are Conv1d/Conv2d (groups=1 or depthwise), Linear and BatchNorm1d/2d"
     )
 
 

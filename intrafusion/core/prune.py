@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fold import fold_batchnorm
+from .fold import bn_targets, fold_batchnorm
 from .groups import Group, PruningGraph
 from .importance import CRITERIA, accumulate_gradients, group_importance
+from .repair import RepairOptions, RepairResult, apply_repair
 from .transport import (
     MARGINALS,
     NORMALIZATIONS,
@@ -143,6 +144,7 @@ class PruneResult:
     model: nn.Module
     records: list[GroupRecord]
     timings: dict[str, float] = field(default_factory=dict)
+    repair: RepairResult | None = None
 
 
 @dataclass
@@ -205,15 +207,28 @@ def prepare(model: nn.Module, example_inputs: torch.Tensor) -> PreparedModel:
     return PreparedModel(work, graph, {"copy": t1 - t0, "graph": t2 - t1, "fold": t3 - t2})
 
 
+def _group_index(g) -> int:
+    # bool is an int subclass: groups=True would silently mean group 1
+    if isinstance(g, (bool, np.bool_)):
+        raise TypeError(f"a group must be an integer index, got {g!r}; see list_groups for the indices")
+    try:
+        return operator.index(g)
+    except TypeError:
+        raise TypeError(f"a group must be an integer index, got {g!r} ({type(g).__name__})") from None
+
+
 def _resolve_groups(groups, count: int) -> list[int]:
+    if count == 0:
+        raise ValueError("this model has no prunable groups (no layer whose output channels can be removed), "
+                         "so there is nothing to prune")
     if isinstance(groups, str):
         if groups != "all":
             raise ValueError(f"groups must be an index, a list of indices or 'all', got {groups!r}")
         return list(range(count))
     if isinstance(groups, Iterable):
-        out = [operator.index(g) for g in groups]
+        out = [_group_index(g) for g in groups]
     else:
-        out = [operator.index(groups)]
+        out = [_group_index(groups)]
     for g in out:
         if not 0 <= g < count:
             raise IndexError(
@@ -316,7 +331,8 @@ def plan_group(prepared: PreparedModel, group: int, sparsity: float, criterion: 
 def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence[int] | str, sparsity: float,
           method: str = "fusion", criterion: str = "l1", options: TransportOptions | None = None, *,
           importance: dict | None = None, taylor_batches=None, seed: int = 0,
-          keep_features: bool = False) -> PruneResult:
+          keep_features: bool = False, repair: RepairOptions | str | None = None,
+          repair_data: torch.Tensor | None = None) -> PruneResult:
     """Prune ``groups`` of a copy of ``model`` at ``sparsity`` with default pruning or Intra-Fusion.
 
     Parameters
@@ -342,6 +358,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence
         Seed for the random criterion and k-means targets.
     keep_features : bool
         Keep the channels' feature vectors in the records (for projections).
+    repair : RepairOptions, str or None
+        Repair applied after the method (:mod:`intrafusion.core.repair`); None = 'none'.
+    repair_data : torch.Tensor, optional
+        Unlabelled inputs (N, C, H, W), needed only by repair 'data'.
 
     Returns
     -------
@@ -351,6 +371,12 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence
         raise ValueError(f"unknown method {method!r}: choose 'default' (drop channels) or 'fusion' (Intra-Fusion)")
     sparsity = check_sparsity(sparsity)
     options = options or TransportOptions()
+    repair_opts = RepairOptions.coerce(repair)
+    if repair_opts.kind == "data" and repair_data is None:
+        raise ValueError("repair='data' needs repair_data: a tensor of a few hundred unlabelled training inputs "
+                         "(N, C, H, W); use repair='synthetic' or 'moments' for a repair without data")
+    targets = bn_targets(model) if repair_opts.kind != "none" else {}
+    keep_features = keep_features or repair_opts.kind == "moments"  # moments takes rho from feature cosines
     if taylor_batches is not None and not isinstance(taylor_batches, list | tuple):
         taylor_batches = list(taylor_batches)  # reused for every group
     t_start = time.perf_counter()
@@ -385,8 +411,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence
         rec.timings = timings
         records.append(rec)
     model_out = graph.model
+    rep = apply_repair(model_out, example_inputs, model, targets, records, repair_opts, repair_data)
     timings = dict(prepared.timings, total=time.perf_counter() - t_start)
-    return PruneResult(model_out, records, timings)
+    return PruneResult(model_out, records, timings, repair=rep)
 
 
 def default_pruning(model, example_inputs, groups, sparsity, criterion="l1", **kwargs) -> PruneResult:

@@ -79,9 +79,10 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, p: float = 1.0, *, kept: torch
         out = _accumulate(x, y, p)
     else:
         kept = torch.as_tensor(kept, dtype=torch.long)
-        rest = torch.ones(len(x), dtype=torch.bool)
+        kept = kept.to(x.device)
+        rest = torch.ones(len(x), dtype=torch.bool, device=x.device)
         rest[kept] = False
-        out = torch.empty(len(x), len(kept), dtype=torch.float64)
+        out = torch.empty(len(x), len(kept), dtype=torch.float64, device=x.device)
         out[rest] = _accumulate(x[rest], y, p)
         out[kept] = _accumulate(y, y, p, symmetric=True)
     return (out if p == 1 else out.pow(1.0 / p)).to(x.dtype)
@@ -94,7 +95,9 @@ _ROWS = 64  # rows per strip of the symmetric block
 def _accumulate(x: torch.Tensor, y: torch.Tensor, p: float, symmetric: bool = False) -> torch.Tensor:
     """sum over feature blocks b of ||x_b - y_b||_p^p (float64). The plain cdist streams all of y from memory
     once per x row and is memory bound (about 2x slower here). ``symmetric`` (x is y): upper triangle only."""
-    out = torch.zeros(x.shape[0], y.shape[0], dtype=torch.float64)
+    if p == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and _l1_kernel() is not None:
+        return _accumulate_l1_compiled(x, y, symmetric)
+    out = torch.zeros(x.shape[0], y.shape[0], dtype=torch.float64, device=x.device)
     for j in range(0, x.shape[1], _BLOCK):
         xb, yb = x[:, j : j + _BLOCK], y[:, j : j + _BLOCK]
         if not symmetric:
@@ -108,6 +111,86 @@ def _accumulate(x: torch.Tensor, y: torch.Tensor, p: float, symmetric: bool = Fa
         upper = torch.triu(out)
         out = upper + upper.T - torch.diag(torch.diagonal(upper))
     return out
+
+
+_prange = range
+_KERNEL: list = []  # [compiled kernel or None], filled on first use: numba's import and JIT cost only when needed
+_CHUNK = 512  # features summed in float32 before each float64 add: keeps the error near float64's (~1e-6 here)
+
+
+def _l1_kernel():
+    """The compiled p = 1 kernel (numba, parallel, fastmath), or None when numba is not installed
+    (or ``INTRAFUSION_NO_NUMBA=1``): the blocked ``torch.cdist`` path is then the fallback."""
+    if not _KERNEL:
+        import os
+
+        try:
+            if os.environ.get("INTRAFUSION_NO_NUMBA") == "1":
+                raise ImportError("disabled by INTRAFUSION_NO_NUMBA")
+            import numba
+        except ImportError:
+            _KERNEL.append(None)
+        else:
+            global _prange
+            _prange = numba.prange  # numba reads globals when it compiles: the loop below becomes parallel
+            _KERNEL.append(numba.njit(parallel=True, fastmath=True, cache=True)(_l1_tiles))
+    return _KERNEL[0]
+
+
+def _accumulate_l1_compiled(x: torch.Tensor, y: torch.Tensor, symmetric: bool) -> torch.Tensor:
+    """``sum_k |x_sk - y_tk|`` (float64) with the compiled kernel; ``symmetric``: x is y, upper triangle only."""
+    import numba
+
+    xs = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
+    ys = xs if symmetric else np.ascontiguousarray(y.detach().numpy(), dtype=np.float32)
+    out = np.zeros((xs.shape[0], ys.shape[0]), dtype=np.float64)
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    _l1_kernel()(xs, ys, out, symmetric, _CHUNK)
+    res = torch.from_numpy(out)
+    if symmetric:
+        upper = torch.triu(res)
+        res = upper + upper.T - torch.diag(torch.diagonal(upper))
+    return res
+
+
+def _l1_tiles(x, y, out, symmetric, chunk):  # pragma: no cover - compiled by numba
+    """Kernel: four source rows at a time against each target row, so each target row is read once per four
+    sources (register tiling: the plain loop is memory bound); chunks of ``chunk`` features in float32."""
+    n, d = x.shape
+    m = y.shape[0]
+    for t in _prange((n + 3) // 4):
+        i0 = t * 4
+        i1 = min(i0 + 4, n)
+        for j in range(i0 if symmetric else 0, m):
+            yj = y[j]
+            if i1 - i0 == 4:
+                s0 = s1 = s2 = s3 = 0.0
+                for c in range(0, d, chunk):
+                    e = min(c + chunk, d)
+                    xa, xb, xc, xd, yy = x[i0, c:e], x[i0 + 1, c:e], x[i0 + 2, c:e], x[i0 + 3, c:e], yj[c:e]
+                    a0 = a1 = a2 = a3 = np.float32(0)
+                    for k in range(e - c):
+                        v = yy[k]
+                        a0 += abs(xa[k] - v)
+                        a1 += abs(xb[k] - v)
+                        a2 += abs(xc[k] - v)
+                        a3 += abs(xd[k] - v)
+                    s0 += a0
+                    s1 += a1
+                    s2 += a2
+                    s3 += a3
+                out[i0, j], out[i0 + 1, j], out[i0 + 2, j], out[i0 + 3, j] = s0, s1, s2, s3
+            else:
+                for i in range(i0, i1):
+                    s = 0.0
+                    for c in range(0, d, chunk):
+                        e = min(c + chunk, d)
+                        xi, yy = x[i, c:e], yj[c:e]
+                        a = np.float32(0)
+                        for k in range(e - c):
+                            a += abs(xi[k] - yy[k])
+                        s += a
+                    out[i, j] = s
 
 
 def centroids(x: torch.Tensor, m: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
@@ -141,14 +224,45 @@ def solve(mu: np.ndarray, nu: np.ndarray, cost: np.ndarray, solver: str = "emd",
     import ot  # POT takes ~1.5 s to import: only pay for it when a plan is solved (app cold start)
 
     cost = np.ascontiguousarray(cost, dtype=np.float64)
+    if not np.all(np.isfinite(cost)):
+        raise ValueError(f"the transport cost has {int((~np.isfinite(cost)).sum())} NaN/inf entries of "
+                         f"{cost.size}: the model's weights are not finite (a corrupt checkpoint?)")
     if solver == "emd":
-        return ot.emd(mu, nu, cost, numItermax=1_000_000)
+        plan = ot.emd(mu, nu, cost, numItermax=1_000_000)
+        _check_marginals(plan, mu, nu, solver, tol=1e-6)
+        return plan
     if solver == "sinkhorn":
         if reg <= 0:
             raise ValueError(f"the Sinkhorn regularisation must be positive, got {reg}")
         scale = cost.max() if cost.max() > 0 else 1.0
-        return ot.sinkhorn(mu, nu, cost / scale, reg, method="sinkhorn_log", numItermax=2000, stopThr=1e-9)
+        plan = ot.sinkhorn(mu, nu, cost / scale, reg, method="sinkhorn_log", numItermax=2000, stopThr=1e-9)
+        _check_marginals(plan, mu, nu, solver, tol=1e-2)  # entropic OT: marginals hold approximately
+        return plan
     raise ValueError(f"unknown OT solver {solver!r}: choose one of {', '.join(SOLVERS)}")
+
+
+def _check_marginals(plan: np.ndarray, mu: np.ndarray, nu: np.ndarray, solver: str, tol: float) -> None:
+    """Raise unless P 1 = mu and P^T 1 = nu (to ``tol`` times the total mass).
+
+    POT only warns when it fails (e.g. an all-zero plan for NaN costs or unequal masses); fusing with such a
+    plan would silently zero the kept channels.
+    """
+    plan = np.asarray(plan, dtype=np.float64)
+    mass = max(float(np.sum(mu)), 1e-300)
+    err_rows = float(np.abs(plan.sum(axis=1) - mu).max()) if plan.size else 0.0
+    err_cols = float(np.abs(plan.sum(axis=0) - nu).max()) if plan.size else 0.0
+    if np.all(np.isfinite(plan)) and max(err_rows, err_cols) <= tol * mass:
+        return
+    marginals_ok = (np.all(np.isfinite(mu)) and np.all(np.isfinite(nu)) and (mu >= 0).all() and (nu >= 0).all()
+                    and abs(float(np.sum(nu)) - mass) <= 1e-6 * mass)
+    if not marginals_ok:
+        why = "the marginals mu and nu must be finite, non-negative and of equal mass"
+    else:
+        why = "the solver did not converge (for sinkhorn raise reg; for emd check the cost)"
+    raise ValueError(
+        f"the {solver} transport plan does not hold its marginals (row sums off by {err_rows:.3g}, column sums "
+        f"by {err_cols:.3g}, total mass {mass:.3g}): {why}, so fusing with it would corrupt the model."
+    )
 
 
 def transport_map(plan: np.ndarray, mu: np.ndarray, normalization: str = "paper") -> tuple[np.ndarray, np.ndarray]:

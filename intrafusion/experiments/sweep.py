@@ -58,6 +58,9 @@ class SweepRow:
 def sweep_cells(groups: Sequence[int], sparsities: Sequence[float], methods: Sequence[str],
                 normalizations: Sequence[str]) -> list[tuple[int, float, str, str | None]]:
     """The (group, sparsity, method, normalization) cells of a sweep, in run order."""
+    if "fusion" in methods and not normalizations:
+        raise ValueError("normalizations is empty, so fusion would be skipped: give 'paper' and/or "
+                         "'function-preserving', or leave 'fusion' out of methods")
     cells = []
     for g in groups:
         for s in sparsities:
@@ -100,9 +103,10 @@ def sweep(model: nn.Module, example_inputs: torch.Tensor, inputs: torch.Tensor, 
     SweepRow
     """
     options = options or TransportOptions()
+    cells = sweep_cells(groups, sparsities, methods, normalizations)  # bad settings fail before any work
     if reference_logits is None:
         reference_logits = predict_logits(model, inputs)
-    for g, s, method, norm in sweep_cells(groups, sparsities, methods, normalizations):
+    for g, s, method, norm in cells:
         opts = replace(options, normalization=norm) if norm else options
         t0 = time.perf_counter()
         res = prune(model, example_inputs, g, s, method=method, criterion=criterion, options=opts,

@@ -9,6 +9,9 @@ key names and shapes: checkpoints trained with that code load unchanged.
 * :class:`ResNet18` -- ``conv1``, ``bn1``, ``layer1`` .. ``layer4`` of
   :class:`BasicBlock` (``conv1, bn1, conv2, bn2, shortcut``) and ``linear``.
 * :class:`MLP` -- a small multilayer perceptron for teaching.
+* :class:`~.mobilenet.MobileNetV2` -- CIFAR MobileNetV2 (inverted residuals with depthwise convs).
+* ``torchvision:NAME`` -- torchvision's ``resnet18``, ``resnet50``, ``mobilenet_v2`` and ``vgg11_bn``
+  (:mod:`.torchvision_archs`), with torchvision's state-dict keys.
 
 All of them take a width multiplier, the number of classes and the number of
 input channels (features for the MLP).  The CIFAR networks expect 32x32 inputs.
@@ -29,12 +32,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mobilenet import MobileNetV2, mobilenet_block_plan
+from .torchvision_archs import (
+    PREFIX,
+    TORCHVISION_ARCHS,
+    build_torchvision,
+    detect_torchvision,
+    infer_torchvision_channels,
+    torchvision_name,
+)
+
 __all__ = [
     "ARCHITECTURES",
     "VGG_CFGS",
     "ArchConfig",
     "BasicBlock",
     "MLP",
+    "MobileNetV2",
     "ResNet",
     "ResNet18",
     "VGG",
@@ -391,14 +405,22 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "vgg11_bn": VGG,
     "resnet18": ResNet18,
     "mlp": MLP,
+    "mobilenet_v2": MobileNetV2,
 }
+#: torchvision architectures, as ``arch`` names (``'torchvision:resnet18'``, ...).
+TORCHVISION_NAMES = tuple(PREFIX + n for n in TORCHVISION_ARCHS)
 
 _MLP_DEFAULT_HIDDEN = (64, 32)
 _MLP_DEFAULT_IN = 64
 
 
 def _unknown_arch(arch: object) -> ValueError:
-    return ValueError(f"unknown architecture {arch!r}; known architectures: {', '.join(ARCHITECTURES)}")
+    return ValueError(f"unknown architecture {arch!r}; known architectures: "
+                      f"{', '.join(list(ARCHITECTURES) + list(TORCHVISION_NAMES))}")
+
+
+def _known_arch(arch: object) -> bool:
+    return arch in ARCHITECTURES or (isinstance(arch, str) and arch in TORCHVISION_NAMES)
 
 
 @dataclass(frozen=True)
@@ -408,7 +430,8 @@ class ArchConfig:
     Parameters
     ----------
     arch : str
-        A key of :data:`ARCHITECTURES` (``'vgg11_bn'``, ``'resnet18'``, ``'mlp'``).
+        A key of :data:`ARCHITECTURES` (``'vgg11_bn'``, ``'resnet18'``, ``'mlp'``, ``'mobilenet_v2'``) or
+        ``'torchvision:NAME'`` (:data:`TORCHVISION_NAMES`).
     width : float, default 1.0
         Width multiplier (conv channels for VGG/ResNet, hidden sizes for the MLP).
     num_classes : int, default 10
@@ -420,8 +443,9 @@ class ArchConfig:
     in_features : int, optional
         MLP input features (default 64).
     channels : tuple of int, optional
-        Explicit per-layer conv channels (pruned VGG/ResNet; see :class:`VGG` and
-        :class:`ResNet`). When given, ``width`` must be 1.0.
+        Explicit per-layer conv channels (pruned VGG/ResNet/MobileNetV2; see :class:`VGG`,
+        :class:`ResNet`, :class:`MobileNetV2`; for torchvision models every layer's shape,
+        see :func:`.torchvision_archs.layer_shapes`). When given, ``width`` must be 1.0.
     conv_bias : bool, optional
         Conv bias; ``None`` means the architecture default (VGG: True, ResNet: False).
     batchnorm : bool, optional
@@ -439,7 +463,9 @@ class ArchConfig:
     batchnorm: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
+        if not _known_arch(self.arch):
+            if isinstance(self.arch, str) and self.arch.startswith(PREFIX):
+                torchvision_name(self.arch)  # raises, naming the supported torchvision models
             raise _unknown_arch(self.arch)
         width = float(self.width)
         if not math.isfinite(width) or width <= 0:
@@ -477,6 +503,10 @@ class ArchConfig:
                 raise ValueError(f"hidden/in_features apply to the MLP only, not {self.arch}")
             if self.batchnorm is False:
                 raise ValueError(f"{self.arch} always has batch normalisation (batchnorm=False is MLP-only)")
+        if (self.arch == "mobilenet_v2" or self.arch in TORCHVISION_NAMES) and self.conv_bias is not None:
+            raise ValueError(f"conv_bias does not apply to {self.arch} (its convs have no bias)")
+        if self.arch in TORCHVISION_NAMES and self.width != 1.0:
+            raise ValueError(f"{self.arch} has torchvision's widths: width must be 1.0 (give channels instead)")
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable dict (tuples become lists).
@@ -540,8 +570,14 @@ def build_model(config: ArchConfig) -> nn.Module:
     """
     if isinstance(config, Mapping):
         config = ArchConfig.from_dict(config)
-    if config.arch not in ARCHITECTURES:
+    if not _known_arch(config.arch):
         raise _unknown_arch(config.arch)
+    if config.arch in TORCHVISION_NAMES:
+        return build_torchvision(torchvision_name(config.arch), config.num_classes, config.in_channels,
+                                 config.channels)
+    if config.arch == "mobilenet_v2":
+        return MobileNetV2(width=config.width, num_classes=config.num_classes, in_channels=config.in_channels,
+                           channels=config.channels)
     if config.arch == "vgg11_bn":
         return VGG(
             "VGG11",
@@ -604,7 +640,7 @@ def detect_arch(state_dict: Mapping) -> str:
     Returns
     -------
     str
-        ``'vgg11_bn'``, ``'resnet18'`` or ``'mlp'``.
+        ``'vgg11_bn'``, ``'resnet18'``, ``'mlp'``, ``'mobilenet_v2'`` or ``'torchvision:NAME'``.
 
     Raises
     ------
@@ -612,6 +648,11 @@ def detect_arch(state_dict: Mapping) -> str:
         If the keys match none of them.
     """
     keys = set(state_dict)
+    tv = detect_torchvision(keys)
+    if tv is not None:
+        return tv
+    if {"conv1.weight", "layers.0.conv2.weight", "conv2.weight", "linear.weight"} <= keys:
+        return "mobilenet_v2"
     if {"features.0.weight", "classifier.weight"} <= keys:
         return "vgg11_bn"
     if {"conv1.weight", "layer1.0.conv1.weight", "linear.weight"} <= keys:
@@ -711,6 +752,29 @@ def _infer_mlp(sd: Mapping) -> ArchConfig:
     )
 
 
+def _infer_mobilenet(sd: Mapping) -> ArchConfig:
+    arch = "mobilenet_v2"
+    stem = _shape(sd, "conv1.weight", arch)
+    plan = mobilenet_block_plan()
+    observed = [stem[0]]
+    for i in range(len(plan)):
+        observed += [_shape(sd, f"layers.{i}.conv1.weight", arch)[0], _shape(sd, f"layers.{i}.conv3.weight", arch)[0]]
+    if f"layers.{len(plan)}.conv1.weight" in sd:
+        raise ValueError(f"this MobileNetV2 has more than the {len(plan)} blocks of the CIFAR MobileNetV2")
+    observed.append(_shape(sd, "conv2.weight", arch)[0])
+    # A width-w model has expanded layers of expansion x the SCALED input: compare with what w builds.
+    width = None
+    for cand in sorted({round(observed[0] / 32, 4), round(observed[-1] / 1280, 4), observed[0] / 32}):
+        with torch.device("meta"):
+            built = MobileNetV2(width=cand).conv_channels if cand > 0 else None
+        if built == observed:
+            width = float(cand)
+            break
+    return ArchConfig(arch=arch, width=1.0 if width is None else width,
+                      num_classes=_shape(sd, "linear.weight", arch)[0], in_channels=stem[1],
+                      channels=None if width is not None else tuple(observed))
+
+
 def infer_config(state_dict: Mapping, arch: str | None = None) -> ArchConfig:
     """Recover an :class:`ArchConfig` from the tensor shapes of a state dict.
 
@@ -748,4 +812,9 @@ def infer_config(state_dict: Mapping, arch: str | None = None) -> ArchConfig:
         return _infer_resnet(state_dict)
     if arch == "mlp":
         return _infer_mlp(state_dict)
+    if arch == "mobilenet_v2":
+        return _infer_mobilenet(state_dict)
+    if isinstance(arch, str) and arch.startswith(PREFIX):
+        num_classes, channels, in_channels = infer_torchvision_channels(state_dict, torchvision_name(arch))
+        return ArchConfig(arch=arch, num_classes=num_classes, in_channels=in_channels, channels=channels)
     raise _unknown_arch(arch)

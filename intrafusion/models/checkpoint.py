@@ -30,6 +30,7 @@ import struct
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -121,7 +122,7 @@ def _safetensors_header(data: bytes) -> dict | None:
         return None
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 / JSON, an int of > 4300 digits, nesting too deep
         return None
     return header if isinstance(header, dict) else None
 
@@ -132,7 +133,7 @@ def _decode_metadata(raw: Mapping) -> dict:
         if isinstance(value, str):
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # a plain string, not JSON
                 pass
         out[key] = value
     return out
@@ -177,7 +178,7 @@ def _pickle_bytes(data: bytes) -> list[bytes]:
                     for info in zf.infolist()
                     if info.filename.endswith(".pkl") and info.file_size < 64 * 2**20
                 ]
-        except (zipfile.BadZipFile, OSError, RuntimeError, ValueError):
+        except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, zlib.error, EOFError, NotImplementedError):
             return []
     return [data]
 
@@ -226,8 +227,8 @@ def _torch_load(data: bytes) -> Any:
         if suspicious:
             raise _refused(suspicious) from None
         reason = "corrupt or not a checkpoint"
-    except (RuntimeError, EOFError, KeyError, ValueError, TypeError, AttributeError,
-            IndexError, OSError, struct.error, UnicodeDecodeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of torch.load on these bytes means a corrupt file
+        # (seen: RuntimeError, EOFError, KeyError, ValueError, struct.error, UnicodeDecodeError, zlib.error)
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
     raise CheckpointError(
         f"not a readable safetensors/torch checkpoint ({reason}); the file may be truncated or "
@@ -305,6 +306,26 @@ def _check_finite(sd: Mapping[str, torch.Tensor]) -> None:
         )
 
 
+def _check_batchnorm(sd: Mapping[str, torch.Tensor]) -> None:
+    """A BatchNorm variance below zero has no square root: folding would turn the layer into NaN."""
+    bad = []
+    for name, t in sd.items():
+        if name.endswith("running_var") and t.is_floating_point():
+            n_neg = int((t < 0).sum())
+            if n_neg:
+                bad.append(f"{name} ({n_neg} of {t.numel()} values, min {float(t.min()):.3g})")
+    if bad:
+        raise CheckpointError(
+            f"the checkpoint has negative BatchNorm variances in {_listing(bad)}: a variance cannot be "
+            "below zero, so the file is corrupt or was edited; export it again from the trained model."
+        )
+
+
+def _looks_like_pickle(data: bytes) -> bool:
+    """A torch zip archive, or a pickle stream (protocol 2 or later starts with PROTO)."""
+    return data[:4] == b"PK\x03\x04" or (data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
@@ -316,8 +337,8 @@ def read_state_dict(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
     Parameters
     ----------
     source : path, bytes or binary file object
-        The checkpoint. Safetensors is recognised by its header (or the
-        ``.safetensors`` extension); anything else is read with
+        The checkpoint. Safetensors is recognised by its header; anything else
+        (also a pickle named ``.safetensors``) is read with
         ``torch.load(weights_only=True)``.
 
     Returns
@@ -334,7 +355,8 @@ def read_state_dict(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
     ------
     CheckpointError
         If the file is a pickle that would run code ("refused: ..."), is corrupt,
-        truncated or not a checkpoint, holds no state dict, or has NaN/inf weights.
+        truncated or not a checkpoint, holds no state dict, has NaN/inf weights or a
+        negative BatchNorm ``running_var``.
     """
     data, name = _read_source(source)
     if not data:
@@ -342,7 +364,7 @@ def read_state_dict(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
     header = _safetensors_header(data)
     if header is not None:
         sd, metadata = _read_safetensors(data, header)
-    elif name.lower().endswith(".safetensors"):
+    elif name.lower().endswith(".safetensors") and not _looks_like_pickle(data):
         raise CheckpointError(
             "not a readable safetensors/torch checkpoint: the safetensors header is truncated or "
             "corrupt; download or export the file again"
@@ -353,6 +375,7 @@ def read_state_dict(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError("the checkpoint contains no tensors")
     sd = _strip_prefixes(sd)
     _check_finite(sd)
+    _check_batchnorm(sd)
     return sd, metadata
 
 
@@ -382,6 +405,16 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Mo
     for key, value in own.items():
         if key not in sd and key.endswith("num_batches_tracked"):
             sd[key] = value.clone()
+    _check_shapes(model, own, sd)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the checkpoint does not fit the model: {exc}") from None
+    return model
+
+
+def _check_shapes(model: nn.Module, own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> None:
+    """CheckpointError listing missing / unexpected keys and shape mismatches between ``sd`` and ``own``."""
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     mismatched = [
@@ -411,11 +444,6 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Mo
             "Pick the architecture, width, number of classes and input channels the checkpoint was "
             "trained with, or let load_model infer them (config=None)." + hint
         )
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"the checkpoint does not fit the model: {exc}") from None
-    return model
 
 
 def load_model(
@@ -454,7 +482,7 @@ def load_model(
         if isinstance(stored, Mapping) and (arch is None or stored.get("arch") == arch):
             try:
                 config = ArchConfig.from_dict(stored)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError) as exc:
                 raise CheckpointError(
                     f"the checkpoint's arch_config is invalid ({exc}); pass config=ArchConfig(...)"
                 ) from None
@@ -467,9 +495,17 @@ def load_model(
                     "Pass arch= or config=ArchConfig(...) that matches it."
                 ) from None
     try:
+        # Shapes first, on the meta device: a config that does not fit (or asks for a huge model) allocates nothing
+        with torch.device("meta"):
+            ghost = build_model(config)
+        own = ghost.state_dict()
+        _check_shapes(ghost, own, {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")},
+                                   **state_dict})
         model = build_model(config)
-    except ValueError as exc:
-        raise CheckpointError(f"cannot build the model: {exc}") from None
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RuntimeError, MemoryError) as exc:
+        raise CheckpointError(f"cannot build the model {config}: {str(exc)[:300]}") from None
     load_into(model, state_dict)
     model.eval()
     return model, config, metadata

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "LoadedModel",
     "ZooEntry",
+    "check_fits",
     "example_inputs",
     "get_entry",
     "list_models",
@@ -165,8 +166,58 @@ def resolve_model(spec: str, arch: str | None = None, dataset: str | None = None
             f"say which dataset {path.name} was trained on (--dataset, one of {', '.join(DATASETS)}): it "
             "decides the inputs the model is evaluated on"
         )
-    pre = meta.get("preprocessing")
-    preprocessing = Preprocessing.from_dict(pre) if pre else get_info(ds).preprocessing
+    info = get_info(ds)
+    pre = meta.get("preprocessing") if meta.get("dataset") in (None, ds) else None
+    try:
+        preprocessing = Preprocessing.from_dict(pre) if isinstance(pre, dict) else info.preprocessing
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"the preprocessing stored in {path.name} is invalid ({exc})") from None
     for p in model.parameters():
         p.requires_grad_(False)
+    check_fits(model, ds, preprocessing)
     return LoadedModel(model.eval(), config, ds, preprocessing, path.name)
+
+
+def _output_classes(model: nn.Module, preprocessing: Preprocessing) -> tuple[int | None, str]:
+    """Number of logits of one forward pass on a zero input, or None and the first line of the error."""
+    try:
+        with torch.no_grad():
+            out = model(example_inputs(preprocessing))
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        return None, (str(exc).splitlines() or [type(exc).__name__])[0]
+    if out.ndim != 2 or out.shape[0] != 1:
+        return None, f"it returns shape {tuple(out.shape)}, not (batch, classes)"
+    return int(out.shape[1]), ""
+
+
+def check_fits(model: nn.Module, dataset: str, preprocessing: Preprocessing | None = None) -> None:
+    """Refuse a model that cannot be evaluated on ``dataset``: one forward pass of a zero input.
+
+    The model must take the dataset's input shape (``preprocessing.input_shape``) and return one logit per class
+    (``num_classes``). The message names the datasets the model does fit, if any.
+
+    Raises
+    ------
+    CheckpointError
+        If the forward pass fails or the number of logits differs from the dataset's number of classes.
+    """
+    info = get_info(dataset)
+    pre = preprocessing or info.preprocessing
+    was_training = model.training
+    model.eval()
+    try:
+        classes, error = _output_classes(model, pre)
+        if classes == info.num_classes:
+            return
+        fits = [d.id for d in DATASETS.values() if d.id != dataset
+                and _output_classes(model, d.preprocessing)[0] == d.num_classes]
+    finally:
+        model.train(was_training)
+    if classes is None:
+        problem = f"the model does not take {info.name} inputs (shape {pre.input_shape}): {error}"
+    else:
+        problem = (f"the model has {classes} outputs but {info.name} has {info.num_classes} classes, so its "
+                   "accuracy would mean nothing")
+    hint = (f"It seems to fit {', '.join(fits)}: pick the dataset it was trained on (--dataset)." if fits else
+            "It fits none of the known datasets; check the architecture (--arch) and the number of classes.")
+    raise CheckpointError(f"{problem}. {hint}")

@@ -1,0 +1,69 @@
+"""Controls shared by the explorer's pages: transport options, methods and repairs (only those that exist)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from intrafusion.core.prune import TransportOptions
+from intrafusion.core.transport import MARGINALS, NORMALIZATIONS, SOLVERS, TARGETS
+from intrafusion.views.variants import Variant, available_methods, available_repairs
+
+P_VALUES = [1.0, 2.0, 0.5, 3.0]
+P_LABEL = "Order p of the norm"
+P_HELP = "the cost between two channels is the p-norm ‖x − y‖_p of the difference of their feature vectors"
+
+
+def transport_controls(prefix: str, columns=None, *, normalization: bool = False) -> dict:
+    """Solver, Sinkhorn reg, marginals, targets and p (and the normalisation): the option dict chosen.
+
+    Widget keys are ``f"{prefix}_solver"`` etc., so a page can hold several independent sets (settings A, B).
+    """
+    o = columns if columns is not None else st.columns(6)
+    solver = o[0].selectbox("Solver", SOLVERS, key=f"{prefix}_solver",
+                            help="emd: exact (the paper); sinkhorn: entropic, spreads mass")
+    reg = o[1].number_input("Sinkhorn reg", 0.001, 10.0, 0.05, step=0.01, format="%.3f", key=f"{prefix}_reg",
+                            disabled=solver != "sinkhorn", help="relative to the largest cost")
+    mu = o[2].selectbox("Source marginal μ", MARGINALS, key=f"{prefix}_mu")
+    nu = o[3].selectbox("Target marginal ν", MARGINALS, key=f"{prefix}_nu")
+    target = o[4].selectbox("Targets", TARGETS, key=f"{prefix}_target",
+                            help="kept: the m kept channels (the paper); centroids: m k-means centroids")
+    p = o[5].selectbox(P_LABEL, P_VALUES, key=f"{prefix}_p", help=P_HELP)
+    out = {"solver": solver, "reg": float(reg), "source_marginal": mu, "target_marginal": nu, "target": target,
+           "p": float(p)}
+    if normalization:
+        out["normalization"] = st.radio("Map normalisation", NORMALIZATIONS, horizontal=True, key=f"{prefix}_norm",
+                                        help="paper: fused channels are SUMS on both sides; function-preserving: "
+                                             "producers averaged, consumers summed")
+    return out
+
+
+def options_tuple(options: dict) -> tuple:
+    """Sorted (name, value) pairs without the normalisation (a Variant's ``options``), validated."""
+    TransportOptions(**options)  # a clear error for a bad combination, before any job starts
+    return tuple(sorted((k, v) for k, v in options.items() if k != "normalization"))
+
+
+def method_labels() -> list[str]:
+    """'default', one 'fusion (<normalisation>)' per normalisation, and 'folding' when the library has it."""
+    labels = ["default"] + [f"fusion ({nm})" for nm in NORMALIZATIONS]
+    if "folding" in available_methods():
+        labels.append("folding")
+    return labels
+
+
+def variant_for(label: str, repair: str = "none", options: tuple = (), setting: str = "") -> Variant:
+    if label.startswith("fusion ("):
+        return Variant("fusion", label[len("fusion (") : -1], options, repair, setting)
+    return Variant(label, None, (), repair, setting)
+
+
+def repair_select(key: str, container=None, multi: bool = True, default=("none",)):
+    """The repair kinds that exist (just 'none' until the library provides repair)."""
+    where = container if container is not None else st
+    kinds = list(available_repairs())
+    help_ = ("after pruning, re-match each layer's output statistics (moments) to the unpruned model's"
+             if len(kinds) > 1 else "repair is not available in this version of the library")
+    if multi:
+        return where.multiselect("Repair", kinds, default=[k for k in default if k in kinds] or kinds[:1], key=key,
+                                 help=help_)
+    return where.selectbox("Repair", kinds, key=key, help=help_)
