@@ -25,7 +25,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))  # shared 2-core machines
 from pages import _common as common  # noqa: E402
 
 common.ensure_app()
-st.set_page_config(page_title="Intra-Fusion Explorer", page_icon=":material/call_merge:", layout="wide")
+# The favicon is an emoji (Streamlit turns it into a data: URL). A ":material/...:" favicon would make the browser
+# fetch an SVG from fonts.gstatic.com: Streamlit bundles the Material Symbols font (used by the page icons below,
+# drawn locally), not those SVGs. tests/test_browser.py records every request and checks none leaves localhost.
+st.set_page_config(page_title="Intra-Fusion Explorer", page_icon="🔀", layout="wide")
 
 PAGES = [
     st.Page("pages/model.py", title="Model", icon=":material/account_tree:", default=True),
@@ -34,6 +37,7 @@ PAGES = [
     st.Page("pages/fusion.py", title="Fusion vs pruning", icon=":material/show_chart:"),
     st.Page("pages/tradeoff.py", title="Sparsity trade-off", icon=":material/query_stats:"),
     st.Page("pages/finetune.py", title="Whole model & fine-tuning", icon=":material/model_training:"),
+    st.Page("pages/split_data.py", title="Split data", icon=":material/call_split:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),
 ]
@@ -50,4 +54,7 @@ with st.sidebar:
     st.caption("Intra-Fusion (Theus et al., ICLR 2024): prune a group's least important neurons, but fuse every "
                "neuron into the kept ones with an optimal-transport map instead of dropping them.")
 
-pg.run()
+try:
+    pg.run()
+finally:  # also after st.stop() or a rerun: once per process, POT and the cost kernel load in the background
+    common.warm_up_in_background()

@@ -23,8 +23,10 @@ def layout(fig: go.Figure, title: str | None = None, height: int = 380, legend: 
     A legend below never covers subplot titles (as a legend placed between the title and the plot does).
     """
     if legend == "bottom":
-        where = dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0)
-        bottom = 90
+        # at the figure's bottom edge (container coordinates), under the x-axis title and rotated tick labels,
+        # whatever the plot's height: a legend placed relative to the plot area overlapped the axis title
+        where = dict(orientation="h", yref="container", yanchor="bottom", y=0.0, xanchor="left", x=0)
+        bottom = 120
     elif legend == "right":
         where = dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02)
         bottom = 40
@@ -39,16 +41,16 @@ def layout(fig: go.Figure, title: str | None = None, height: int = 380, legend: 
     return fig
 
 
-def repair_images(cur: common.Current, n: int = 256) -> torch.Tensor:
-    """Unlabelled training images for the 'data' repair (the Taylor batches' inputs, at most ``n``)."""
-    batches = common.taylor_batches(cur.loaded.dataset, cur.pre_json)
+def repair_images(cur: common.Current, root: str | None, n: int = 256) -> torch.Tensor:
+    """Unlabelled training images for the 'data' repair (the Taylor batches' inputs from ``root``, at most ``n``)."""
+    batches = common.batches_for(cur, "taylor", root)
     return torch.cat([b[0] for b in batches])[:n]
 
 
-def cached_base(model_key: str, limit) -> float | None:
-    """Accuracy of the unpruned model on the evaluation subset, or None when its data is absent."""
+def cached_base(model_key: str, limit, root: str | None = None) -> float | None:
+    """Accuracy of the unpruned model on the evaluation subset (of ``root``), or None when its data is absent."""
     try:
-        return common.base_accuracy(model_key, common.loaded_for(model_key), limit)
+        return common.base_accuracy(model_key, common.loaded_for(model_key), limit, root)
     except common.ERRORS:
         return None
 

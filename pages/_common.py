@@ -28,7 +28,7 @@ import torch
 
 from intrafusion import views as explore
 from intrafusion.core.groups import UnsupportedLayerError
-from intrafusion.core.prune import PreparedModel, TransportOptions, plan_group, prepare, prune
+from intrafusion.core.prune import PreparedModel, TransportOptions, plan_group, prepare
 from intrafusion.data import DATASETS, DatasetUnavailable, Preprocessing, get_info, load_dataset, sample_batches, subset
 from intrafusion.evaluate import count_macs_params, evaluate, predict_logits
 from intrafusion.models.checkpoint import CheckpointError, load_model
@@ -58,10 +58,15 @@ SPARSITIES = [round(0.05 * i, 2) for i in range(0, 20)]
 def ensure_app() -> None:
     """Make sure this run goes through ``app.py``'s ``st.navigation`` (call first in app.py and every page).
 
-    When a ``pages/`` folder exists, Streamlit starts in its legacy multipage mode until some run calls
-    ``st.navigation``: the first request to a fresh server (a bookmarked page URL) and every AppTest run would
-    execute the page file alone, without app.py's sidebar and settings. Switching the mode off and rerunning
-    sends the same page through app.py.
+    Why it is needed (Streamlit 1.67; there is no public setting for it): ``PagesManager.__init__`` sets the
+    class attribute ``uses_pages_directory`` to ``(folder of app.py / "pages").exists()`` the first time a
+    session is created in the process, and while it is True ``ScriptRunner`` runs ``_mpa_v1`` instead of the
+    entry point: it builds a navigation from ``pages/*.py`` and executes the requested page file alone. Only a
+    call to ``st.navigation`` sets the attribute to False (for the whole process). So the first request to a
+    fresh server for a page URL (a bookmark), and every AppTest run, would execute the page without app.py's
+    page config and sidebar. This function ends the legacy mode and reruns, which sends the same page through
+    app.py. The layout keeps ``pages/``; ``tests/test_app.py::test_a_page_url_on_a_fresh_server_goes_through_app_py``
+    fails if an upgrade changes this behaviour.
     """
     try:
         from streamlit.runtime.pages_manager import PagesManager
@@ -70,6 +75,15 @@ def ensure_app() -> None:
     if getattr(PagesManager, "uses_pages_directory", False):
         PagesManager.uses_pages_directory = False
         st.rerun()
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up_in_background() -> threading.Thread:
+    """Once per process, after the first page run: import POT and load the compiled cost kernel in a daemon
+    thread (``views.warm_up``), so the Transport plan's first visit does not wait for them."""
+    thread = threading.Thread(target=explore.warm_up, name="intrafusion-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -195,16 +209,26 @@ def prepared_for(model_key: str, _loaded: LoadedModel) -> Prepared:
     return Prepared(prepare(_loaded.model, _loaded.example_inputs), threading.Lock())
 
 
-DATA_ROOT = "data_root"
+DATA_ROOT = "data_root"  # a plain session-state key, never a widget's (widget state is dropped off its page)
+DATA_ROOT_INPUT = "data_root_input"  # the Model page's text box; its on_change copies the value to DATA_ROOT
 
 
 def data_root() -> str | None:
-    """This session's folder of torchvision datasets (set on the Model page; None: $INTRAFUSION_DATA or ./data)."""
+    """This session's folder of torchvision datasets (set on the Model page; None: $INTRAFUSION_DATA or ./data).
+
+    Every cached result that reads data takes this folder as an argument, so it is part of the cache key: two
+    sessions (or one session before and after changing the folder) never share a result computed on other data.
+    """
     return st.session_state.get(DATA_ROOT) or None
 
 
+def set_data_root_from_input() -> None:
+    """on_change of the Model page's folder box: keep the value where leaving the page does not drop it."""
+    st.session_state[DATA_ROOT] = (st.session_state.get(DATA_ROOT_INPUT) or "").strip() or None
+
+
 def eval_set(dataset: str, pre_json: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test inputs and labels (a class-balanced subset of ``limit`` samples), shared read-only."""
+    """Test inputs and labels (a class-balanced subset of ``limit`` samples) from this session's data folder."""
     return _eval_set(dataset, pre_json, limit, data_root())
 
 
@@ -229,13 +253,19 @@ def _taylor_batches(dataset: str, pre_json: str, n_batches: int, batch: int, roo
     return sample_batches(*train.tensors, n_batches=n_batches, batch=batch)
 
 
-def batches_for(cur: Current, criterion: str):
-    return taylor_batches(cur.loaded.dataset, cur.pre_json) if criterion == "taylor" else None
+def batches_for(cur: Current, criterion: str, root: str | None = None):
+    """Taylor's training batches from ``root`` (None for the other criteria, which read no data)."""
+    return _taylor_batches(cur.loaded.dataset, cur.pre_json, 4, 64, root) if criterion == "taylor" else None
+
+
+def reference_logits(model_key: str, loaded: LoadedModel, limit: int | None) -> torch.Tensor:
+    """Logits of the unpruned model on this session's evaluation subset."""
+    return _reference_logits(model_key, loaded, limit, data_root())
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def reference_logits(model_key: str, _loaded: LoadedModel, limit: int | None) -> torch.Tensor:
-    x, _ = eval_set(_loaded.dataset, _loaded.preprocessing.to_json(), limit)
+def _reference_logits(model_key: str, _loaded: LoadedModel, limit: int | None, root: str | None) -> torch.Tensor:
+    x, _ = _eval_set(_loaded.dataset, _loaded.preprocessing.to_json(), limit, root)
     return predict_logits(_loaded.model, x)
 
 
@@ -257,17 +287,26 @@ def model_stats(model_key: str, _loaded: LoadedModel, root: str | None = None) -
     return out
 
 
+def base_accuracy(model_key: str, loaded: LoadedModel, limit: int | None, root: str | None = None) -> float:
+    """Accuracy of the unpruned model on ``limit`` test images (None: all) of ``root`` (None: this session's)."""
+    return _base_accuracy(model_key, loaded, limit, root or data_root())
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
-def base_accuracy(model_key: str, _loaded: LoadedModel, limit: int | None) -> float:
-    """Accuracy of the unpruned model on the evaluation subset of ``limit`` test images (None: all)."""
-    x, y = eval_set(_loaded.dataset, _loaded.preprocessing.to_json(), limit)
+def _base_accuracy(model_key: str, _loaded: LoadedModel, limit: int | None, root: str | None) -> float:
+    x, y = _eval_set(_loaded.dataset, _loaded.preprocessing.to_json(), limit, root)
     return evaluate(_loaded.model, x, y).accuracy
 
 
+def importance(model_key: str, cur: Current, group: int, criterion: str) -> np.ndarray:
+    """Importance of a group's channels (Taylor reads this session's data folder; the key holds it)."""
+    return _importance(model_key, cur, group, criterion, data_root() if criterion == "taylor" else None)
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
-def importance(model_key: str, _cur: Current, group: int, criterion: str) -> np.ndarray:
+def _importance(model_key: str, _cur: Current, group: int, criterion: str, root: str | None) -> np.ndarray:
     pr = prepared_for(model_key, _cur.loaded)
-    batches = batches_for(_cur, criterion)
+    batches = batches_for(_cur, criterion, root)
     with pr.lock:
         return explore.importance_scores(pr.prepared, group, criterion, taylor_batches=batches)
 
@@ -293,46 +332,33 @@ def group_projection(model_key: str, _cur: Current, group: int):
     return explore.projection_2d(group_features(model_key, _cur, group))
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def plan_view(model_key: str, _cur: Current, group: int, sparsity: float, criterion: str, options: tuple):
+def plan_view(model_key: str, cur: Current, group: int, sparsity: float, criterion: str, options: tuple):
     """(GroupRecord without feature vectors, 2-D projection of sources and targets) of one request.
 
     Kept targets (the paper's setting) reuse the group's cached pairwise cost, so changing the sparsity, the
     criterion or any option but ``p`` only re-solves the transport problem.
     """
+    return _plan_view(model_key, cur, group, sparsity, criterion, options,
+                      data_root() if criterion == "taylor" else None)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _plan_view(model_key: str, _cur: Current, group: int, sparsity: float, criterion: str, options: tuple,
+               root: str | None):
     opts = TransportOptions(**dict(options))
     pr = prepared_for(model_key, _cur.loaded)
     if opts.target == "kept":
-        imp = importance(model_key, _cur, group, criterion)
+        imp = _importance(model_key, _cur, group, criterion, root)
         cost = group_cost(model_key, _cur, group, opts.p)
         rec = explore.kept_plan(pr.prepared.groups[group], imp, sparsity, criterion, opts, cost)
         base = group_projection(model_key, _cur, group)
         return rec, explore.Projection(base.sources, base.sources[rec.kept], base.explained)
-    batches = batches_for(_cur, criterion)
+    batches = batches_for(_cur, criterion, root)
     with pr.lock:
         rec = plan_group(pr.prepared, group, sparsity, criterion, opts, taylor_batches=batches, keep_features=True)
     proj = explore.projection_2d(rec.features, rec.target_features)
     rec.features = rec.target_features = None
     return rec, proj
-
-
-@st.cache_resource(show_spinner=False, max_entries=24)
-def pruned_model(model_key: str, _cur: Current, groups: tuple | str, sparsity: float, method: str, criterion: str,
-                 options: tuple):
-    """A pruned copy (PruneResult) of the model for one request, shared read-only."""
-    opts = TransportOptions(**dict(options))
-    return prune(_cur.loaded.model, _cur.loaded.example_inputs, list(groups) if groups != "all" else "all",
-                 sparsity, method=method, criterion=criterion, options=opts,
-                 taylor_batches=batches_for(_cur, criterion))
-
-
-@st.cache_data(show_spinner=False, max_entries=2048)
-def sweep_row(model_key: str, _cur: Current, cell: tuple, criterion: str, options: tuple, limit: int | None):
-    x, y = eval_set(_cur.loaded.dataset, _cur.pre_json, limit)
-    ref = reference_logits(model_key, _cur.loaded, limit)
-    return explore.sweep_cell(_cur.loaded.model, _cur.loaded.example_inputs, x, y, cell, criterion,
-                              TransportOptions(**dict(options)), taylor_batches=batches_for(_cur, criterion),
-                              reference_logits=ref)
 
 
 # --------------------------------------------------------------------------------------------- widgets

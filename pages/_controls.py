@@ -6,7 +6,7 @@ import streamlit as st
 
 from intrafusion.core.prune import TransportOptions
 from intrafusion.core.transport import MARGINALS, NORMALIZATIONS, SOLVERS, TARGETS
-from intrafusion.views.variants import Variant, available_methods, available_repairs
+from intrafusion.views.variants import Variant, available_methods, available_repairs, uses_data
 
 P_VALUES = [1.0, 2.0, 0.5, 3.0]
 P_LABEL = "Order p of the norm"
@@ -57,13 +57,28 @@ def variant_for(label: str, repair: str = "none", options: tuple = (), setting: 
     return Variant(label, None, (), repair, setting)
 
 
+REPAIR_HELP = {
+    "none": "no repair: the pruned model as it comes out of pruning",
+    "moments": "no data: give every kept channel back the mean and std its BatchNorm stored (bias corrected)",
+    "synthetic": "no real data: re-estimate the statistics on a batch optimised from noise to match the stored "
+                 "BatchNorm statistics (made once per model, cached)",
+    "data": "USES DATA: re-estimate the statistics on a few hundred unlabelled training images (never a label)",
+}
+
+
+def repair_label(kind: str) -> str:
+    """'data (uses data)' for a repair that reads training images, else the kind itself."""
+    return f"{kind} (uses data)" if uses_data(kind) else kind
+
+
 def repair_select(key: str, container=None, multi: bool = True, default=("none",)):
-    """The repair kinds that exist (just 'none' until the library provides repair)."""
+    """The repair kinds that exist (just 'none' until the library provides repair); ``data`` says it uses data."""
     where = container if container is not None else st
     kinds = list(available_repairs())
-    help_ = ("after pruning, re-match each layer's output statistics (moments) to the unpruned model's"
-             if len(kinds) > 1 else "repair is not available in this version of the library")
+    help_ = ("  \n".join(f"**{k}**: {REPAIR_HELP.get(k, '')}" for k in kinds) if len(kinds) > 1 else
+             "repair is not available in this version of the library")
     if multi:
         return where.multiselect("Repair", kinds, default=[k for k in default if k in kinds] or kinds[:1], key=key,
-                                 help=help_)
-    return where.selectbox("Repair", kinds, key=key, help=help_)
+                                 help=help_, format_func=repair_label)
+    first = next((k for k in default if k in kinds), kinds[0])
+    return where.selectbox("Repair", kinds, index=kinds.index(first), key=key, help=help_, format_func=repair_label)

@@ -24,6 +24,12 @@ def memo() -> BoundedMemo:
     return BoundedMemo(4096)
 
 
+@st.cache_resource(show_spinner=False)
+def model_memo() -> BoundedMemo:
+    """Finished rows that hold whole pruned models (whole-model pruning), shared; few, since models are large."""
+    return BoundedMemo(24)
+
+
 def start(state_key: str, job: BackgroundJob) -> BackgroundJob:
     """Stop the session's previous job under ``state_key`` (if any) and start ``job`` in its place."""
     old = st.session_state.get(state_key)
@@ -77,16 +83,17 @@ def cell_job(model_key: str, tasks: list, criterion: str, limit: int | None, set
     from pages import _common as common
 
     jcur = common.Current(model_key, common.loaded_for(model_key))
+    root = common.data_root()  # part of every memo key: rows computed on other data are never reused
     x, y = common.eval_set(jcur.loaded.dataset, jcur.pre_json, limit)
     ref = common.reference_logits(model_key, jcur.loaded, limit)
-    batches = common.batches_for(jcur, criterion)
-    repair_data = charts.repair_images(jcur) if any(t[2].repair == "data" for t in tasks) else None
+    batches = common.batches_for(jcur, criterion, root)
+    repair_data = charts.repair_images(jcur, root) if any(t[2].repair == "data" for t in tasks) else None
     rows_memo = memo()
     model, example = jcur.loaded.model, jcur.loaded.example_inputs
 
     def compute(task, emit, should_stop):
         group, sparsity, variant = task
-        key = ("cell", model_key, group, sparsity, variant, criterion, limit, keep_distances, cost, latency)
+        key = ("cell", model_key, root, group, sparsity, variant, criterion, limit, keep_distances, cost, latency)
         row = rows_memo.get(key)
         if row is None:
             row = var.evaluate_cell(model, example, x, y, group, sparsity, variant, criterion, reference_logits=ref,
@@ -95,4 +102,5 @@ def cell_job(model_key: str, tasks: list, criterion: str, limit: int | None, set
             rows_memo.put(key, row)
         emit(row)
 
-    return BackgroundJob(tasks, compute, dict(settings, model_key=model_key, criterion=criterion, limit=limit))
+    return BackgroundJob(tasks, compute, dict(settings, model_key=model_key, criterion=criterion, limit=limit,
+                                                    data_root=root))

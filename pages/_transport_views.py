@@ -18,6 +18,9 @@ from pages import _common as common
 PICK = "tp_pick"
 MATRICES = ["Plan P", "Cost C", "Map T (producer side)", "Map T (consumer side)"]
 ORANGE = "#ff7f0e"
+#: Narrow numeric columns, so a flows table fits the side panel without hiding its right-hand columns.
+NARROW = {name: {"width": "small"} for name in ("mass", "share %", "coefficient", "cost", "nearness rank",
+                                                  "share of target %")}
 
 
 # ------------------------------------------------------------------------------------------- selection
@@ -34,10 +37,14 @@ def selected_neuron(model_key: str, group: int, record: GroupRecord, order: np.n
 
 
 def _channel_of(point: dict) -> int | None:
+    """The channel in a selected point's customdata: a number, a list whose first item is it, or (a typed array
+    row, as the browser serialises plotly's numeric customdata) a dict ``{"0": channel, "1": ...}``."""
     cd = point.get("customdata")
     if cd is None:
         return None
-    if isinstance(cd, list | tuple):
+    if isinstance(cd, dict):
+        cd = cd.get("0", cd.get(0))
+    elif isinstance(cd, list | tuple):
         cd = cd[0] if cd else None
     try:
         return int(cd)
@@ -142,8 +149,9 @@ def selected_panel(cur: common.Current, record: GroupRecord, tgt_labels, selecte
         st.markdown(f"Feeds **{len(flows)}** target(s). Nearest target: **{tgt_labels[nearest]}** "
                     f"(cost {record.cost[selected, nearest]:.3f}); mass-weighted cost of its flows: "
                     f"**{wcost:.3f}**.")
-        st.dataframe([f.to_dict() for f in flows], hide_index=True, key="flows_table", height=min(300, 40 + 35 *
-                                                                                                len(flows)))
+        st.dataframe([f.to_dict() for f in flows], hide_index=True, key="flows_table", column_config=NARROW,
+                     column_order=("target", "share %", "coefficient", "cost", "nearness rank"),  # fits the panel
+                     height=min(300, 40 + 35 * len(flows)))
         target = flows[0].target if flows else None
     else:
         target = sel.target_of(record, selected)
@@ -156,7 +164,7 @@ def selected_panel(cur: common.Current, record: GroupRecord, tgt_labels, selecte
             others = [mg for mg in merges if mg.source != selected]
             st.markdown(f"Fused target **{tgt_labels[target]}** = Σ coefficient × source: itself and "
                         f"**{len(others)}** other neuron(s), {sum(mg.pruned for mg in others)} of them pruned.")
-            st.dataframe([mg.to_dict() for mg in merges], hide_index=True, key="merged_table",
+            st.dataframe([mg.to_dict() for mg in merges], hide_index=True, key="merged_table", column_config=NARROW,
                          height=min(300, 40 + 35 * len(merges)))
     if target is not None:
         fv = sel.first_layer_filters(common.prepared_for(cur.key, cur.loaded).prepared, record, target)
@@ -212,11 +220,11 @@ def accuracy_figure(job, sparsity: float, base: float | None) -> go.Figure:
     for label in job.settings["labels"]:
         pts = sorted((r.sparsity, r.accuracy) for r in snap.rows if r.label == label)
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label,
-                                 line=dict(color=common.method_color(label))))
+                                 line=dict(color=common.method_color(label.split(" + ")[0]))))
         here = [a for s, a in pts if math.isclose(s, sparsity)]
         fig.add_trace(go.Scatter(x=[sparsity] * len(here), y=here, mode="markers", showlegend=False,
-                                 marker=dict(size=14, color=common.method_color(label), line=dict(width=2,
-                                                                                                  color=ORANGE)),
+                                 marker=dict(size=14, color=common.method_color(label.split(" + ")[0]),
+                                             line=dict(width=2, color=ORANGE)),
                                  hovertemplate=f"{label} at s = {sparsity:g}: " + "%{y:.2f}%<extra></extra>"))
     fig.add_vline(x=sparsity, line_color=ORANGE, line_dash="dash")
     if base is not None:

@@ -62,7 +62,9 @@ sparsity = c2.select_slider("Sparsity", common.SPARSITIES[1:], value=0.3, key="e
 labels = controls.method_labels()
 method = c3.selectbox("Method", [lb for lb in labels if lb != "default"] + ["default"], key="ex_method",
                       disabled=not now)
-repair = controls.repair_select("ex_repair", c4, multi=False)
+# moments by default: data-free and cheap, and whole-model pruning without any repair collapses (see the Whole
+# model page's per-layer spread)
+repair = controls.repair_select("ex_repair", c4, multi=False, default=("moments", "none"))
 c1, c2, _ = st.columns([1, 1, 2])
 criterion = c1.selectbox("Criterion", CRITERIA, key="ex_criterion", disabled=not now)
 measure = c2.toggle("Measure latency", value=True, key="ex_latency")
@@ -82,8 +84,10 @@ def _file_stem(settings: dict) -> str:
 def _settings() -> dict:
     if not now:
         model, s = finetuned[source]
-        return {"model": cur.name, "groups": "all", "sparsity": s["sparsity"], "method": s["label"],
-                "criterion": s["criterion"], "repair": s.get("repair", "none"), "fine_tuning_epochs": s["epochs"]}
+        base, _, rep = s["label"].partition(" + ")  # e.g. 'fusion (paper) + moments repair'
+        return {"model": cur.name, "groups": "all", "sparsity": s["sparsity"], "method": base,
+                "criterion": s["criterion"], "repair": rep.removesuffix(" repair") or s.get("repair", "none"),
+                "fine_tuning_epochs": s["epochs"]}
     return {"model": cur.name, "groups": "all" if all_groups else sorted(chosen), "sparsity": sparsity,
             "method": method, "criterion": criterion, "repair": repair}
 
@@ -91,17 +95,17 @@ def _settings() -> dict:
 def _pruned_now(settings: dict):
     v = controls.variant_for(method, repair)
     grp = "all" if all_groups else sorted(chosen)
-    data = charts.repair_images(cur) if v.repair == "data" else None
-    return _prune_cached(cur.key, cur, grp if grp == "all" else tuple(grp), sparsity, v, criterion, data is not None)
+    return _prune_cached(cur.key, cur, grp if grp == "all" else tuple(grp), sparsity, v, criterion,
+                         v.repair == "data", common.data_root())
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _prune_cached(model_key, _cur, groups, sparsity, v, criterion, with_data):
+def _prune_cached(model_key, _cur, groups, sparsity, v, criterion, with_data, root):
     from intrafusion.views.variants import prune_variant
 
-    data = charts.repair_images(_cur) if with_data else None
+    data = charts.repair_images(_cur, root) if with_data else None
     return prune_variant(_cur.loaded.model, _cur.loaded.example_inputs, groups if groups == "all" else list(groups),
-                         sparsity, v, criterion, taylor_batches=common.batches_for(_cur, criterion),
+                         sparsity, v, criterion, taylor_batches=common.batches_for(_cur, criterion, root),
                          repair_data=data).model
 
 

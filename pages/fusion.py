@@ -135,7 +135,7 @@ def curves_figure(rows, settings: dict, base: float | None) -> go.Figure:
 def _draw(job: BackgroundJob) -> None:
     snap = job.snapshot()
     settings = job.settings
-    base = charts.cached_base(settings["model_key"], settings["limit"])
+    base = charts.cached_base(settings["model_key"], settings["limit"], settings.get("data_root"))
     st.progress(snap.progress, text=job.status())
     st.plotly_chart(curves_figure(snap.rows, settings, base), key="sweep_curves")
 

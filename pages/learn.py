@@ -28,6 +28,11 @@ weights); twins (A, A′) are copies of the same neuron.
 """
 )
 
+ONE_OF_EACH = "one copy of each pair"
+BY_L1 = "the m largest by l1 importance"
+EXACT_CLAIM = ("The function-preserving map reproduces a network of duplicate neurons exactly only when the kept set "
+               "holds one copy of each pair: every removed twin then has a zero-cost partner with room for it.")
+
 c1, c2, c3, c4 = st.columns(4)
 scenario = c1.radio("Example", ["Twins (duplicated neurons)", "Random neurons"], key="learn_scenario")
 twins = scenario.startswith("Twins")
@@ -36,10 +41,13 @@ if twins:
     jitter = c3.slider("How different twins are (noise)", 0.0, 0.5, 0.0, 0.05, key="learn_jitter")
     seed = c4.number_input("Seed", 0, 999, 1, key="learn_seed_twins")
     net = explore.toy_network(n_unique, 2, jitter, int(seed))
-    keep = list(range(0, net.n, 2))  # one of each pair: importance cannot tell exact twins apart
     sparsity = 0.5
-    st.caption("Prune 50%: keep A, B, C, … and remove their twins A′, B′, C′, … (twins have equal importance, so "
-               "here we choose which one stays).")
+    kept_by = st.radio("Kept set", [ONE_OF_EACH, BY_L1], horizontal=True, key="learn_kept_by",
+                       help="Twins have equal l1 importance, so ranking by importance may keep both copies of one "
+                            "pair and neither of another.")
+    keep = list(range(0, net.n, 2)) if kept_by == ONE_OF_EACH else None
+    st.caption("Prune 50%. " + ("Keep A, B, C, … and remove their twins A′, B′, C′, …" if keep is not None else
+                                "Keep the m neurons with the largest l1 importance (ties broken by position)."))
 else:
     n = c2.slider("Neurons", 4, 12, 8, key="learn_n")
     sparsity = c3.select_slider("Sparsity", [0.25, 0.375, 0.5, 0.625, 0.75], value=0.5, key="learn_sparsity")
@@ -80,7 +88,7 @@ fused = results[show].net
 fig.add_trace(go.Scatter(x=fused.w[:, 0], y=fused.w[:, 1], mode="markers+text", name=f"fused ({show})",
                          text=[nm + "*" for nm in fused.names], textposition="bottom center",
                          marker=dict(size=14, symbol="star", color="#2ca02c")))
-fig.add_trace(go.Scatter(x=[0], y=[0], mode="markers", marker=dict(size=6, color="black"), name="origin"))
+fig.add_trace(go.Scatter(x=[0], y=[0], mode="markers", marker=dict(size=6, color="#7f7f7f"), name="origin"))
 fig.update_xaxes(title="w₁ (incoming weight from x₁)", zeroline=True)
 fig.update_yaxes(title="w₂", scaleanchor="x", scaleratio=1, zeroline=True)
 st.plotly_chart(common.figure_layout(fig, "Neurons as points; orange: the transport plan (thicker = more mass)", 480),
@@ -105,15 +113,72 @@ bars = go.Figure(go.Bar(x=list(errors), y=list(errors.values()),
 bars.update_yaxes(title="RMS error vs the original")
 right.plotly_chart(common.figure_layout(bars, "Error on a grid of inputs", 380), key="toy_errors")
 
+def _twins_sentence() -> str:
+    """What the twins' numbers show, for the kept set chosen (exact only with one copy of each pair)."""
+    fp = errors["fusion (function-preserving)"]
+    kept = results["default"].kept
+    pairs = {net.names[i].rstrip("'") for i in kept}
+    one_each = len(pairs) == len(kept)
+    paper = "The paper's map (sums on both sides) doubles each fused pair's output, so it loses to dropping. "
+    if jitter > 0:
+        return paper + "The twins differ (noise), so no map is exact; " + EXACT_CLAIM
+    if one_each:
+        return paper + EXACT_CLAIM + " Here it does: the function-preserving error is zero."
+    bases = [net.names[i].rstrip("'") for i in kept]
+    both = sorted({b for b in bases if bases.count(b) > 1})
+    verdict = (f"here the error is {fp:.3f}: the plan had to merge different neurons" if fp > 1e-9 else
+               "here the plan happened to give a kept copy's slot to a whole removed pair, so it is still exact")
+    return (paper + EXACT_CLAIM + f" With l1 importance the twins tie, and both copies of {', '.join(both)} were "
+            f"kept while another pair lost both: {verdict}.")
+
+
 best = min(errors, key=errors.get)
 st.info(f"Here the smallest error is **{best}** ({errors[best]:.3f}); default pruning {errors['default']:.3f}, "
         f"paper fusion {errors['fusion (paper)']:.3f}, function-preserving fusion "
         f"{errors['fusion (function-preserving)']:.3f}. "
-        + ("With exact twins the function-preserving map is exact and the paper's map (sums on both sides) "
-           "doubles each fused pair's output, so it loses to dropping." if twins else
+        + (_twins_sentence() if twins else
            "With random (dissimilar) neurons a fused neuron averages directions that point different ways: its "
            "pre-activation is a compromise that fires where none of the originals did, so dropping the least "
            "important neurons can win. Fusion pays off when pruned neurons resemble kept ones (small cost)."))
+st.subheader("Why pruning every layer collapses, and what repair restores")
+grid = explore.toy_grid()
+fused_results = [results["fusion (paper)"], results["fusion (function-preserving)"]]
+ratio_fig = go.Figure()
+for res in fused_results:
+    ratio_fig.add_trace(go.Bar(x=res.net.names, y=explore.toy_std_ratios(net, res, grid), name=res.method,
+                               marker_color=common.method_color(res.method)))
+ratio_fig.add_hline(y=1.0, line_dash="dot", line_color=common.COLORS["unpruned"])
+ratio_fig.update_yaxes(title="std after / std before", rangemode="tozero")
+ratio_fig.update_xaxes(title="kept neuron")
+ratio_fig.update_layout(barmode="group")
+repaired = [explore.toy_moment_match(net, res, grid) for res in fused_results]
+repair_errors = explore.toy_errors(net, fused_results + repaired, grid)
+left, right = st.columns([3, 2])
+left.plotly_chart(common.figure_layout(ratio_fig, "Spread of each kept neuron's pre-activation, after over before",
+                                       340), key="toy_std_ratios")
+right.dataframe([{"map": k.removesuffix(" + moments"), "repair": "moments" if k.endswith("+ moments") else "none",
+                  "RMS error": round(v, 4)} for k, v in repair_errors.items()], hide_index=True, key="toy_repair")
+right.caption("Moment matching on this toy: each kept neuron's pre-activation gets back the mean and std it had "
+              "before pruning (measured on the input grid).")
+st.markdown(
+    """
+* **Sums overshoot.** The paper's map adds up the incoming weights of the neurons fused into a kept one, so its
+  pre-activation spreads about n/m times wider (the bars above 1; exactly 2 with twins at 50%). The outgoing side
+  is summed too, and in a deep network the next layer's inputs are those inflated channels: the factors multiply
+  layer after layer and the logits blow up.
+* **Averages collapse.** The function-preserving map averages the incoming weights instead. Averaging neurons that
+  point in different directions gives a shorter vector, so the spread shrinks (bars below 1); compounded over
+  every pruned layer the signal fades towards the biases and the network ends up predicting one class.
+* **Moment matching restores the scale.** Give every kept channel back the mean and standard deviation it had
+  before pruning. A CNN stores them in its BatchNorm layers (running mean and variance, β and |γ| after folding),
+  so the `moments` repair needs no data; `synthetic` re-estimates them on a batch optimised to match those
+  statistics, `data` on a few hundred unlabelled training images (it *uses data*). With twins this undoes the
+  paper map's doubling exactly. It fixes the scale, not the direction: on random neurons in a single layer it can
+  even raise the error (see the table), and its value shows in deep networks, where scale errors compound. The
+  *Whole model* page plots these ratios layer by layer for a real model, with and without repair.
+"""
+)
+
 with st.expander("Why sums inflate logits, what repair does, a glossary and things to try"):
     st.markdown(
         """
@@ -138,7 +203,7 @@ plan turned into weights (T = Pᵀ diag(1/μ)). *Fuse*: replace each kept channe
 """
     )
 
-if twins:
+if twins and keep is not None:
     x0 = 1.5 * net.w[:1] / np.linalg.norm(net.w[0])  # a point where neuron A is active
     a = net.contributions(x0)[0]
     pair = a[0] + a[1]

@@ -40,7 +40,10 @@ with st.expander("Upload a checkpoint", expanded=not common.zoo_ids()):
                  help="'infer' reads it from the file's metadata or its tensor names and shapes")
     c2.selectbox("Dataset it was trained on", list(DATASETS), key="upload_dataset",
                  help="decides the inputs the model is evaluated on")
-    st.text_input("Folder of torchvision datasets (CIFAR-10/100, MNIST, Fashion-MNIST)", key=common.DATA_ROOT,
+    if common.DATA_ROOT_INPUT not in st.session_state:  # the box shows the session's folder when the page returns
+        st.session_state[common.DATA_ROOT_INPUT] = common.data_root() or ""
+    st.text_input("Folder of torchvision datasets (CIFAR-10/100, MNIST, Fashion-MNIST)", key=common.DATA_ROOT_INPUT,
+                  on_change=common.set_data_root_from_input,
                   placeholder="empty: $INTRAFUSION_DATA, else ./data",
                   help="Where the real datasets are read from (this session only). The app never downloads: "
                        "an absent dataset gets a message saying what to put in this folder.")
@@ -95,9 +98,18 @@ st.caption("A group is the set of layers that must lose the same channel togethe
 group_rows = explore.groups_table(groups)
 for row, g in zip(group_rows, groups):  # a layer Intra-Fusion cannot transport leaves only its own groups alone
     row["prunable"] = "yes" if getattr(g, "prunable", True) else f"no: {g.reason}"
-st.dataframe(group_rows, hide_index=True, key="groups_table",
-             column_config={"producers": st.column_config.TextColumn(width="large"),
-                            "consumers": st.column_config.TextColumn(width="large")})
+# Short columns first and narrow, layer lists last at a medium width: every column stays on screen
+# (long producer lists used to push the right-hand columns out of view).
+order = ["group", "channels", "residual", "prunable", "layers", "producers", "consumers", "batchnorms"]
+st.dataframe(group_rows, hide_index=True, key="groups_table", column_order=order,
+             column_config={"group": st.column_config.NumberColumn(width="small"),
+                            "channels": st.column_config.NumberColumn(width="small"),
+                            "residual": st.column_config.CheckboxColumn(width="small"),
+                            "prunable": st.column_config.TextColumn(width="small"),
+                            "layers": st.column_config.NumberColumn(width="small", help="producers + consumers"),
+                            "producers": st.column_config.TextColumn(width="medium"),
+                            "consumers": st.column_config.TextColumn(width="medium"),
+                            "batchnorms": st.column_config.TextColumn(width="medium")})
 
 gi = common.group_select(cur, "model_group", "Show the layers a group couples")
 st.graphviz_chart(explore.group_dot(groups[gi]))

@@ -64,9 +64,9 @@ if st.session_state.get("to_error"):
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def unpruned_point(model_key: str, _cur: common.Current, limit) -> dict:
+def unpruned_point(model_key: str, _cur: common.Current, limit, root: str | None) -> dict:
     row = var.evaluate_cell(_cur.loaded.model, _cur.loaded.example_inputs,
-                            *common.eval_set(_cur.loaded.dataset, _cur.pre_json, limit), 0, 0.0,
+                            *common._eval_set(_cur.loaded.dataset, _cur.pre_json, limit, root), 0, 0.0,
                             var.Variant("default"), cost=True, latency=True)
     return {"accuracy": row.accuracy, "params": row.params, "macs": row.macs, "latency_ms": row.latency_ms}
 
@@ -105,7 +105,7 @@ def _draw(job) -> None:
     st.progress(snap.progress, text=job.status("models"))
     try:
         base = unpruned_point(job.settings["model_key"], common.Current(job.settings["model_key"], common.loaded_for(
-            job.settings["model_key"])), job.settings["limit"])
+            job.settings["model_key"])), job.settings["limit"], job.settings.get("data_root"))
     except common.ERRORS:
         base = None
     st.plotly_chart(tradeoff_figure(snap.rows, job.settings, base), key="tradeoff_chart")

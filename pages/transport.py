@@ -80,15 +80,16 @@ st.caption(f"Group {group}: n = {n} sources, m = {m} targets, {len(record.pruned
            f"Transport cost Σ P·C = {float((record.plan * record.cost).sum()):.4f}; the plan has "
            f"{int((record.plan > 1e-12).sum())} non-zero entries (an exact plan has at most n + m − 1 = {n + m - 1}).")
 
-d = st.columns([3, 2, 2, 2, 1])
-view = d[0].segmented_control("Matrix", views.MATRICES, default="Plan P", key="tp_view") or "Plan P"
-zoom = d[1].selectbox("Rows", sel.ZOOMS, key="tp_zoom",
+# The matrix picker gets a row of its own: four long labels do not fit a column next to the other controls.
+view = st.segmented_control("Matrix", views.MATRICES, default="Plan P", key="tp_view") or "Plan P"
+d = st.columns([3, 3, 3, 2])
+zoom = d[0].selectbox("Rows", sel.ZOOMS, key="tp_zoom",
                       help="all rows, only the pruned neurons (with the targets they feed), or the first k rows")
-row_order = d[2].selectbox("Order rows by", sel.ORDERS, key="tp_order",
+row_order = d[1].selectbox("Order rows by", sel.ORDERS, key="tp_order",
                            help="importance: kept first, pruned below; target: each neuron next to the target it "
                                 "feeds most, so the neurons fused into one target form a band")
-k = d[3].slider("k (top-k rows)", 8, 128, 32, step=8, key="tp_k", disabled=zoom != "top-k rows")
-log = d[4].toggle("Log colour", key="tp_log", help="log10 of the values: makes small (e.g. Sinkhorn) mass visible")
+k = d[2].slider("k (top-k rows)", 8, 128, 32, step=8, key="tp_k", disabled=zoom != "top-k rows")
+log = d[3].toggle("Log scale", key="tp_log", help="log10 of the values: makes small (e.g. Sinkhorn) mass visible")
 
 left, right = st.columns([3, 2])
 with left:
@@ -103,21 +104,25 @@ with bars_col:
     st.plotly_chart(views.importance_figure(record, order, selected, criterion), key="tp_importance",
                     on_select=views.on_pick("tp_importance", cur.key, group), selection_mode="points")
 with acc_col:
-    want_acc = st.toggle("Accuracy over sparsity (prunes this group in the background)", key="tp_accuracy")
+    a1, a2 = st.columns([3, 1])
+    want_acc = a1.toggle("Accuracy over sparsity", key="tp_accuracy",
+                         help="prunes this group at s = 0.1 … 0.9 in the background, default vs Intra-Fusion")
+    repair = controls.repair_select("tp_repair", a2, multi=False)
     if want_acc:
-        v_fusion = var.Variant("fusion", options.normalization, controls.options_tuple(opts))
-        acc_key = (cur.key, group, criterion, v_fusion)
+        v_default = var.Variant("default", repair=repair)
+        v_fusion = var.Variant("fusion", options.normalization, controls.options_tuple(opts), repair)
+        acc_key = (cur.key, common.data_root(), group, criterion, v_default, v_fusion)
         job = jobs.get(ACC_JOB)
         if job is None or job.settings.get("request") != acc_key:
             try:
-                tasks = var.cell_tasks([group], PLAY_STEPS, [var.Variant("default"), v_fusion])
+                tasks = var.cell_tasks([group], PLAY_STEPS, [v_default, v_fusion])
                 jobs.start(ACC_JOB, jobs.cell_job(cur.key, tasks, criterion, 200,
-                                                  {"request": acc_key, "labels": ["default", v_fusion.label]}))
+                                                  {"request": acc_key, "labels": [v_default.label, v_fusion.label]}))
             except common.ERRORS as exc:
                 common.show_error(exc, "Cannot evaluate the group")
         if jobs.get(ACC_JOB) is not None:
             jobs.live(ACC_JOB, lambda j: st.plotly_chart(views.accuracy_figure(j, sparsity, charts.cached_base(
-                cur.key, 200)), key="tp_accuracy_chart"))
+                cur.key, 200, j.settings.get("data_root"))), key="tp_accuracy_chart"))
     else:
         st.caption("Turn on to see this group's accuracy (200 test images) against sparsity, default pruning vs "
                    "Intra-Fusion with the options above; ▶ Play turns it on.")

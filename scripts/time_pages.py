@@ -10,7 +10,8 @@ script in-process (server-side work only: no network, no drawing). The 512-chann
 VGG11-BN (random weights, 512-channel groups) and changes one transport control at a time.
 
 Prints Markdown tables (paste them into docs/APP.md) and the machine load, since timings on a shared machine
-depend on what else runs.
+depend on what else runs. AppTest rows also give the process's CPU seconds (all threads): on a machine busy with
+other work they are close to what the step takes on an idle one (the app's work is mostly one thread).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as app.py sets it: idle OpenMP threads sleep, not spin
+THREADS = [2]  # torch threads of the in-process (AppTest) timings; --threads changes it
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -132,48 +135,73 @@ def _apptest(model_key: str | None = None):
 def apptest_timings() -> list[tuple[str, float]]:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS[0])
     rows = []
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     at = _apptest().run()
-    rows.append(("Model (first run in this process: imports, model, graph)", time.perf_counter() - t))
+    rows.append(("Model (first run in this process: imports, model, graph)",
+                 (time.perf_counter() - t, time.process_time() - c)))
     for title, name in PAGES[1:] + PAGES[:1]:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         at.switch_page(f"pages/{name}.py").run()
-        first = time.perf_counter() - t
-        t = time.perf_counter()
+        first, first_cpu = time.perf_counter() - t, time.process_time() - c
+        t, c = time.perf_counter(), time.process_time()
         at.run()
-        again = time.perf_counter() - t
+        again, again_cpu = time.perf_counter() - t, time.process_time() - c
         assert not at.exception, [e.value for e in at.exception]
-        rows.append((f"{title}: first run / rerun", (first, again)))
+        rows.append((f"{title}: first run / rerun", (first, first_cpu, again, again_cpu)))
+        _wait_jobs(at)  # background work a page started (whole-model pruning) must not count for the next page
     return rows
 
 
+def _wait_jobs(at) -> None:
+    from intrafusion.views.jobs import BackgroundJob
+
+    for value in list(at.session_state.values()):
+        if isinstance(value, BackgroundJob):
+            value.wait(600)
+
+
+WIDE_MODEL = "vgg11_bn_w1-mnist5k"  # the bundled full-width VGG11-BN: groups of 512 channels
+
+
 def wide_transport_timings() -> list[tuple[str, float]]:
-    """Transport-plan page on a 512-channel group: first view and one control change at a time."""
+    """Transport-plan page on a 512-channel group: first view and one control change at a time.
+
+    Uses the bundled full-width model when it is there, else uploads a random full-width VGG11-BN."""
     import torch
 
     from intrafusion import views as explore
     from intrafusion.models.architectures import ArchConfig, build_model
+    from intrafusion.models.zoo import list_models
+    from intrafusion.views import warm_up
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    cfg = ArchConfig(arch="vgg11_bn", width=1.0, in_channels=1)
-    data, _ = explore.export_model(build_model(cfg).eval(), cfg)
-    at = _apptest()
-    at.run()
-    at.selectbox(key="upload_dataset").set_value("mnist5k")
-    at.file_uploader(key="upload_file").set_value(("vgg11_bn-w1.safetensors", data, "application/octet-stream"))
-    at.run()
-    at.button[0].click().run()
-    key = at.session_state["model_key"]
-    assert key.startswith("upload:"), [e.value for e in at.error]
+    torch.set_num_threads(THREADS[0])
+    warm_up()  # as the app does in the background after its first page
+    if WIDE_MODEL in [e.id for e in list_models()]:
+        key = f"zoo:{WIDE_MODEL}"
+        at = _apptest(key)
+        at.run()
+    else:
+        torch.manual_seed(0)
+        cfg = ArchConfig(arch="vgg11_bn", width=1.0, in_channels=1)
+        data, _ = explore.export_model(build_model(cfg).eval(), cfg)
+        at = _apptest()
+        at.run()
+        at.selectbox(key="upload_dataset").set_value("mnist5k")
+        at.file_uploader(key="upload_file").set_value(("vgg11_bn-w1.safetensors", data, "application/octet-stream"))
+        at.run()
+        at.button[0].click().run()
+        key = at.session_state["model_key"]
+        assert key.startswith("upload:"), [e.value for e in at.error]
+    print(f"(512-channel timings on {key})")
     rows = []
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     at.switch_page("pages/transport.py").run()
     assert not at.exception and not at.error, [e.value for e in list(at.exception) + list(at.error)]
     assert at.session_state["tp_group@" + key] == 0
-    rows.append(("n = 512 (group 0, s = 0.5, p = 1): first view, incl. the 512 x 512 cost", time.perf_counter() - t))
+    rows.append(("n = 512 (group 0, s = 0.5, p = 1): first view, incl. the 512 x 512 cost",
+                 (time.perf_counter() - t, time.process_time() - c)))
     steps = [
         ("normalisation → function-preserving", lambda: at.radio(key="tp_norm").set_value("function-preserving")),
         ("solver → sinkhorn", lambda: at.selectbox(key="tp_solver").set_value("sinkhorn")),
@@ -185,10 +213,63 @@ def wide_transport_timings() -> list[tuple[str, float]]:
     ]
     for label, action in steps:
         action()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         at.run()
         assert not at.exception, [e.value for e in at.exception]
-        rows.append((f"n = 512: {label}", time.perf_counter() - t))
+        rows.append((f"n = 512: {label}", (time.perf_counter() - t, time.process_time() - c)))
+    return rows
+
+
+def component_timings() -> list[tuple[str, float]]:
+    """CPU seconds (best of 3, this thread) of each step of a Transport plan redraw at n = 512, s = 0.7.
+
+    The steps a control change runs on the server besides Streamlit itself: the plan re-solve on the cached
+    cost, the four figures and their JSON. Best-of-3 CPU time is what the step costs on an idle core."""
+    import torch
+
+    from intrafusion import views as explore
+    from intrafusion.core.prune import TransportOptions, prepare
+    from intrafusion.models.zoo import list_models, load_zoo_model
+    from pages import _transport_views as views
+
+    if WIDE_MODEL not in [e.id for e in list_models()]:
+        return []
+    torch.set_num_threads(THREADS[0])
+    loaded = load_zoo_model(WIDE_MODEL)
+    prepared = prepare(loaded.model, loaded.example_inputs)
+    group = prepared.groups[0]
+    explore.warm_up()
+    imp = explore.importance_scores(prepared, 0, "l1")
+    feats = explore.channel_features(prepared, 0)
+    cost = explore.pairwise_cost(feats, 1.0)
+    base = explore.projection_2d(feats)
+    rows = []
+
+    def best(label, fn):
+        times = []
+        for _ in range(3):
+            c = time.process_time()
+            out = fn()
+            times.append(time.process_time() - c)
+        rows.append((label, min(times)))
+        return out
+
+    rec = best(f"plan re-solve (kept targets, n = {group.n}, s = 0.7)",
+               lambda: explore.kept_plan(group, imp, 0.7, "l1", TransportOptions(), cost))
+    proj = explore.Projection(base.sources, base.sources[rec.kept], base.explained)
+    order, labels = explore.importance_order(rec.importance), explore.target_labels(rec)
+    cols, pick = explore.target_order(rec), int(rec.pruned[0])
+    figs = {
+        "heatmap": lambda: views.heatmap_figure(rec, order, cols, labels, "Plan P", "all rows", "importance", 32,
+                                                False, pick),
+        "importance bars": lambda: views.importance_figure(rec, order, pick, "l1"),
+        "projection": lambda: views.projection_figure(rec, proj, pick, "kept"),
+        "Sankey": lambda: views.sankey_figure(rec, labels, pick),
+    }
+    for name, make in figs.items():
+        fig = best(f"{name} figure", make)
+        best(f"{name} JSON", fig.to_json)
+    rows.append(("**sum**", sum(v for _, v in rows)))
     return rows
 
 
@@ -204,18 +285,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-browser", action="store_true", help="skip the chromium timings")
     parser.add_argument("--no-wide", action="store_true", help="skip the 512-channel transport timings")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the AppTest timings (default 2)")
     args = parser.parse_args()
+    THREADS[0] = args.threads
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores visible, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}\n")
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, AppTest torch threads {args.threads}\n")
     if not args.no_browser:
         if Path(CHROMIUM).exists():
             print(_table("Browser (chromium)", browser_timings()) + "\n")
         else:
             print(f"(no browser timings: {CHROMIUM} not found; apt-get install -y chromium)\n")
-    print(_table("AppTest (server-side only)", apptest_timings(), "first run / rerun (s)") + "\n")
+    print(f"load average now: {os.getloadavg()[0]:.1f}")
+    print(_table("AppTest (server-side only)", apptest_timings(),
+                 "first run: wall / CPU, rerun: wall / CPU (s)") + "\n")
     if not args.no_wide:
-        print(_table("Transport plan at 512 channels (AppTest)", wide_transport_timings()) + "\n")
+        print(f"load average now: {os.getloadavg()[0]:.1f}")
+        print(_table("Transport plan at 512 channels (AppTest)", wide_transport_timings(), "wall / CPU (s)") + "\n")
+        print(_table("One Transport plan redraw at 512 channels, step by step", component_timings(),
+                     "CPU seconds, best of 3") + "\n")
     load = os.getloadavg()
     print(f"load average afterwards: {load[0]:.1f}")
     return 0

@@ -257,3 +257,12 @@ def test_infer_config_rejects_other_architectures():
         infer_config({"features.0.weight": torch.zeros(1)}, "resnet18")
     with pytest.raises(ValueError, match="cannot tell the architecture"):
         detect_arch({"encoder.weight": torch.zeros(1)})
+
+
+def test_describe_config_names_every_architecture():
+    from intrafusion.experiments.train import describe_config
+
+    assert describe_config(ArchConfig("mobilenet_v2", width=0.25, in_channels=1)) == \
+        "MobileNetV2, width 0.25 (conv channels 4-320)"
+    assert describe_config(ArchConfig("resnet18", width=0.125)).startswith("ResNet18, width 0.125")
+    assert describe_config(ArchConfig("vgg11_bn", width=0.125)) == "VGG11-BN, width 0.125 (conv channels 8-64)"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +70,52 @@ def test_missing_checkpoint_and_unknown_model(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["groups", "no-such-model"]) == 2
     assert "no bundled model 'no-such-model'" in capsys.readouterr().err
+
+
+def _subcommands():
+    from intrafusion.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_command_takes_threads():
+    from intrafusion.cli import COMMANDS
+
+    commands = _subcommands()
+    assert len(commands) == len(COMMANDS) >= 5
+    for name, sub in commands.items():
+        assert any("--threads" in a.option_strings for a in sub._actions), name
+
+
+def test_threads_default_is_torchs_own_and_option_sets_it(capsys):
+    """Defect 11: the CLI used to cap torch at 2 threads whatever the machine."""
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert main(["models", "--json"]) == 0
+        assert torch.get_num_threads() == 4  # untouched without --threads
+        assert main(["models", "--json", "--threads", "3"]) == 0
+        assert torch.get_num_threads() == 3
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main(["models", "--threads", "0"])
+        assert exit_.value.code == 2 and "--threads must be at least 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_console_script_and_module_entry_points(tmp_path):
+    """`intrafusion ...` (the installed console script) and `python -m intrafusion ...` work from any folder."""
+    script = Path(sys.executable).with_name("intrafusion")
+    if not script.exists():
+        pytest.skip(f"the console script is not installed next to {sys.executable}: run `pip install -e .`")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for cmd in ([str(script), "models", "--json"], [sys.executable, "-m", "intrafusion", "models", "--json"]):
+        out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr
+        ids = [json.loads(line)["id"] for line in out.stdout.splitlines()]
+        assert "vgg11_bn-mnist5k" in ids
+    out = subprocess.run([str(script), "no-such-command"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "invalid choice" in out.stderr

@@ -23,7 +23,7 @@ def path(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("n,d", [(37, 1100), (64, 9), (5, 513)])  # tails: n not a multiple of 4, d of the chunk
+@pytest.mark.parametrize("n,d", [(37, 1100), (64, 9), (5, 513), (9, 40)])  # tails: n % 4, d % chunk, odd tiles
 def test_cost_equals_float64_cdist(path, n, d):
     x = _features(n, d)
     kept = torch.tensor(sorted(np.random.default_rng(1).choice(n, n // 2 + 1, replace=False)))

@@ -306,3 +306,43 @@ def test_sample_batches_are_seeded_disjoint_and_sized():
     assert all(torch.equal(bx.view(-1).long(), by) for bx, by in a)  # inputs stay paired with labels
     assert all(torch.equal(p[1], q[1]) for p, q in zip(a, D.sample_batches(x, y, 4, 64, seed=0)))
     assert not torch.equal(a[0][1], D.sample_batches(x, y, 4, 64, seed=1)[0][1])
+
+
+@pytest.mark.parametrize("dataset_id,via_env", [("mnist", True), ("cifar10", False)])
+def test_failed_download_leaves_no_data_folder(tmp_path, monkeypatch, dataset_id, via_env):
+    """Defect 6: torchvision makes its folders before fetching; an offline attempt must not leave them behind."""
+    import urllib.error
+
+    import torchvision.datasets.utils as tvu
+
+    fetched = []
+
+    def offline(url, max_hops=3):
+        fetched.append(url)
+        raise urllib.error.URLError("offline (test)")
+
+    # torchvision's real download path runs (it makes the folders), only the network step fails
+    monkeypatch.setattr(tvu, "_get_redirect_url", offline)
+    root = tmp_path / "my-data" / "nested"
+    if via_env:
+        monkeypatch.setenv(D.DATA_ENV, str(root))
+    with pytest.raises(D.DatasetUnavailable, match="could not be downloaded"):
+        D.load_dataset(dataset_id, "test", root=None if via_env else root, download=True)
+    assert fetched, "the download was not attempted"
+    assert not (tmp_path / "my-data").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_download_keeps_an_existing_data_folder(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.utils as tvu
+
+    def offline(url, max_hops=3):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(tvu, "_get_redirect_url", offline)
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(D.DatasetUnavailable):
+        D.load_dataset("fashion_mnist", "test", root=tmp_path, download=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # the folder it made is gone, mine stays

@@ -33,3 +33,53 @@ def test_cost_on_cuda_equals_cpu():
         cpu = cost_matrix(x, x[kept], p, kept=kept)
         gpu = cost_matrix(x.cuda(), x[kept].cuda(), p, kept=kept).cpu()
         torch.testing.assert_close(gpu.double(), cpu.double(), rtol=1e-4, atol=1e-4)
+
+
+def test_compute_on_nests_and_restores():
+    from intrafusion.device import compute_device, compute_on
+
+    assert compute_device() is None  # outside: the cost runs where its features are
+    with compute_on("cpu") as dev:
+        assert dev == torch.device("cpu") == compute_device()
+        with compute_on(None):
+            assert compute_device() == torch.device("cpu")
+    assert compute_device() is None
+    with pytest.raises(ValueError, match="unknown device"), compute_on("tpu"):
+        pass
+    assert compute_device() is None
+
+
+def _small():
+    from intrafusion.models.zoo import resolve_model
+
+    loaded = resolve_model("vgg11_bn-mnist5k")
+    x = torch.randn(40, *loaded.example_inputs.shape[1:], generator=torch.Generator().manual_seed(0))
+    return loaded, x, torch.arange(40) % 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: CUDA-vs-CPU results not comparable")
+def test_evaluation_and_sweep_on_cuda_equal_cpu():
+    from intrafusion.evaluate import evaluate, predict_logits
+    from intrafusion.experiments.sweep import sweep
+
+    loaded, x, y = _small()
+    cpu = predict_logits(loaded.model, x, device="cpu")
+    gpu = predict_logits(loaded.model, x, device="cuda")
+    assert gpu.device.type == "cpu" and next(loaded.model.parameters()).device.type == "cpu"  # model not moved
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+    assert evaluate(loaded.model, x, y, device="cuda").accuracy == evaluate(loaded.model, x, y).accuracy
+    args = (loaded.model, loaded.example_inputs, x, y, [1], [0.5])
+    rows = {d: list(sweep(*args, device=d)) for d in ("cpu", "cuda")}
+    for a, b in zip(rows["cpu"], rows["cuda"], strict=True):
+        assert (a.group, a.method, a.params) == (b.group, b.method, b.params)
+        assert abs(a.logit_distance - b.logit_distance) < 1e-3 and abs(a.accuracy - b.accuracy) <= 100 / len(y)
+
+
+def test_evaluate_device_cpu_equals_default():
+    from intrafusion.evaluate import evaluate
+
+    loaded, x, y = _small()
+    a, b = evaluate(loaded.model, x, y), evaluate(loaded.model, x, y, device="cpu")
+    assert a.accuracy == b.accuracy and (a.correct == b.correct).all()
+    with pytest.raises(ValueError, match="unknown device"):
+        evaluate(loaded.model, x, y, device="tpu")

@@ -74,7 +74,7 @@ def test_writes_every_file(quick_run):
                  "finetune.csv", "speed.csv", "sweep_timing.csv", "summary.json", "RESULTS.md"):
         assert (out / name).is_file() and (out / name).stat().st_size > 100, name
     pngs = [f"{k}_{DEFAULT_MODEL}.png" for k in ("datafree", "output_preservation", "ablations", "finetune")]
-    pngs += ["speed.png", "headline.png"]
+    pngs += ["speed.png", "headline.png", f"repair_whole_{DEFAULT_MODEL}.png", f"repair_std_{DEFAULT_MODEL}.png"]
     assert sorted(summary["plots"]) == sorted(pngs)
     for name in pngs:
         data = (out / name).read_bytes()
@@ -331,3 +331,45 @@ def test_unknown_model_is_refused(tmp_path):
     else:
         with pytest.raises(ValueError, match="unknown bundled model"):
             run_reproduction(models=["no-such-model"], out_dir=tmp_path, progress=False)
+
+
+@needs_zoo
+def test_command_prints_a_summary_table(quick_run, monkeypatch, capsys):
+    """Defect 12: after `reproduce --quick` the terminal shows what was found and where the files are."""
+    import intrafusion.experiments.reproduce as rp
+    from intrafusion.cli import main
+
+    out, summary = quick_run
+    calls = []
+
+    def fake_run(**kwargs):  # the run itself is the module fixture's; this checks what the command prints
+        calls.append(kwargs)
+        return summary
+
+    monkeypatch.setattr(rp, "run_reproduction", fake_run)
+    assert main(["reproduce", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert calls[0]["quick"] and calls[0]["threads"] == 1 and calls[0]["out_dir"] == str(out)
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].split()[-1] == "verdict"
+    claims = summary["findings"]["claims"]
+    assert len(claims) >= 3
+    body = lines[2 : 2 + len(claims)]
+    assert [line.rsplit("  ", 1)[1].strip() for line in body] == [c["verdict"] for c in claims]
+    assert str(out / "RESULTS.md") in text and "vgg11_bn-mnist5k" in text
+    assert f"{len(summary['plots'])} PNG files" in text
+
+
+def test_model_sets_expand_and_unknown_names_list_them(monkeypatch):
+    from intrafusion.experiments.reproduce import MODEL_SETS, resolve_models
+
+    ids = [e.id for e in list_models()]
+    if not ids:
+        pytest.skip("no bundled models")
+    monkeypatch.setitem(MODEL_SETS, "first-two", lambda entries: [e.id for e in entries[:2]])
+    assert resolve_models(["first-two", ids[0]], quick=False) == ids[:2]  # expanded, duplicates dropped
+    assert set(resolve_models(None, quick=False)) <= set(ids)
+    assert resolve_models(None, quick=True) == [DEFAULT_MODEL]
+    assert resolve_models(["all"], quick=False) == ids
+    with pytest.raises(ValueError, match="model sets: all, .*first-two"):
+        resolve_models(["nope"], quick=False)

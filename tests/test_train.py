@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import shutil
 
 import pytest
 import torch
@@ -169,3 +170,48 @@ def test_train_zoo_model_writes_weights_and_manifest(tmp_path, monkeypatch):
         assert evaluate(loaded.model, x, y).accuracy == pytest.approx(entry["test_accuracy"], abs=1e-9)
     finally:
         zoo._load_verified.cache_clear()
+
+
+
+@pytest.fixture
+def fake_zoo(tmp_path, monkeypatch):
+    """A copy of the zoo's manifest and MLP standing in for assets/models: a regression cannot damage the real one."""
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    shutil.copy(zoo.MODELS_DIR / "manifest.json", folder)
+    shutil.copy(zoo.MODELS_DIR / "mlp-digits8x8.safetensors", folder)
+    monkeypatch.setattr(zoo, "MODELS_DIR", folder)
+    return folder
+
+
+def _hashes(folder):
+    return {p.name: sha256_file(p) for p in folder.iterdir()}
+
+
+def test_train_defaults_to_a_user_folder(tmp_path, monkeypatch, fake_zoo):
+    """Defect 7: without --out, training writes to ./my_models, not to the bundled assets/models."""
+    from intrafusion.cli import main
+    from intrafusion.experiments.train_zoo import DEFAULT_TRAIN_DIR
+
+    before = _hashes(fake_zoo)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", "--arch", "mlp", "--width", "0.25", "--dataset", DS, "--epochs", "1", "--quiet",
+                 "--batch-size", "256"]) == 0
+    assert (work / DEFAULT_TRAIN_DIR / "mlp-digits8x8.safetensors").is_file()
+    assert (work / DEFAULT_TRAIN_DIR / "manifest.json").is_file()
+    assert _hashes(fake_zoo) == before  # the zoo is untouched
+
+
+def test_train_refuses_to_overwrite_a_bundled_checkpoint(fake_zoo, capsys):
+    from intrafusion.cli import main
+
+    before = _hashes(fake_zoo)
+    with pytest.raises(ValueError, match="refused: .* is the bundled model 'mlp-digits8x8'"):
+        train_zoo_model("mlp", 0.5, DS, 1, out_dir=fake_zoo, progress=False)
+    assert main(["train", "--arch", "mlp", "--width", "0.5", "--dataset", DS, "--epochs", "1", "--quiet",
+                 "--out", str(fake_zoo)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: refused") and "--out" in err
+    assert _hashes(fake_zoo) == before

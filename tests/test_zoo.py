@@ -21,6 +21,10 @@ from intrafusion.models.checkpoint import CheckpointError, sha256_file
 ZOO_IDS = ["vgg11_bn-mnist5k", "resnet18-mnist5k", "vgg11_bn-animals10k", "resnet18-animals10k", "mlp-digits8x8"]
 #: Paper-scale models (float16 files loaded as float32; rebuilt by scripts/build_zoo.py --paper-scale).
 PAPER_IDS = ["vgg11_bn_w1-mnist5k", "vgg11_bn_w1-animals10k", "resnet18_w0.5-mnist5k"]
+#: Beyond the paper, bundled the same way: MobileNetV2 (depthwise convs, inverted residuals).
+MOBILENET_ID = "mobilenet_v2_w0.25-mnist5k"
+HALF_IDS = PAPER_IDS + [MOBILENET_ID]
+MOBILENET_FLOOR = 95.0  # issue 10: MobileNetV2 at least 95%
 ASSETS = zoo.MODELS_DIR.parent
 FLOOR = 97.0  # every bundled model reaches at least this test accuracy (docs/ZOO.md)
 
@@ -38,7 +42,7 @@ def _entries() -> dict[str, zoo.ZooEntry]:
 
 def test_manifest_lists_the_bundled_models():
     entries = _entries()
-    assert list(entries) == ZOO_IDS + PAPER_IDS  # the app's default model first
+    assert list(entries) == ZOO_IDS + HALF_IDS  # the app's default model first
     assert zoo.DEFAULT_MODEL == ZOO_IDS[0]
     raw = json.loads((zoo.MODELS_DIR / "manifest.json").read_text())
     for m in raw["models"]:
@@ -50,13 +54,14 @@ def test_manifest_lists_the_bundled_models():
         assert e.path.is_file() and e.path.suffix == ".safetensors"
         assert e.size_bytes == e.path.stat().st_size
         assert e.params > 0 and e.macs > 0 and e.epochs > 0
-        assert e.arch == {"vgg11": "vgg11_bn", "resne": "resnet18", "mlp-d": "mlp"}[e.id[:5]]
+        assert e.arch == {"vgg11": "vgg11_bn", "resne": "resnet18", "mlp-d": "mlp", "mobil": "mobilenet_v2"}[e.id[:5]]
         if e.id in PAPER_IDS:
             assert e.width == (1.0 if e.arch == "vgg11_bn" else 0.5)
+    assert entries[MOBILENET_ID].width == 0.25
 
 
 def test_assets_fit_in_60_mb_plus_80_mb_of_paper_scale_models():
-    paper = {zoo.get_entry(i).path for i in PAPER_IDS}
+    paper = {zoo.get_entry(i).path for i in HALF_IDS}
     total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file() and f not in paper)
     assert total <= 60 * 2**20, total / 2**20
     assert all(p.stat().st_size <= 25 * 10**6 for p in paper)
@@ -150,7 +155,65 @@ def test_models_command_lists_the_zoo_as_json():
     with contextlib.redirect_stdout(out):
         assert main(["models", "--json"]) == 0
     rows = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
-    assert [r["id"] for r in rows] == ZOO_IDS + PAPER_IDS
+    assert [r["id"] for r in rows] == ZOO_IDS + HALF_IDS
     for r in rows:
         assert {"id", "arch", "dataset", "accuracy"} <= set(r)
         assert r["accuracy"] == zoo.get_entry(r["id"]).test_accuracy
+
+
+def test_mobilenet_is_float16_loaded_as_float32_and_reaches_95_percent_on_a_test_subset():
+    from safetensors import safe_open
+
+    from intrafusion.data import subset
+
+    e = zoo.get_entry(MOBILENET_ID)
+    with safe_open(str(e.path), "pt") as fh:
+        assert fh.get_tensor("layers.3.conv2.weight").dtype == torch.float16
+    assert e.command == f"python scripts/build_zoo.py --paper-scale --only {MOBILENET_ID}"
+    assert e.test_accuracy >= MOBILENET_FLOOR
+    loaded = zoo.load_zoo_model(MOBILENET_ID)
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    assert sum(p.numel() for p in loaded.model.parameters()) == e.params
+    groups = list_groups(loaded.model, loaded.example_inputs)
+    assert len(groups) == 26 and sum(bool(g.depthwise) for g in groups) == 17 and all(g.prunable for g in groups)
+    assert max(g.n for g in groups) == 320 and min(g.n for g in groups) == 4  # width 0.25: 1280 / 4, 16 / 4
+    x, y = subset(load_dataset(loaded.dataset, "test", preprocessing=loaded.preprocessing), 300, seed=0).tensors
+    assert evaluate(loaded.model, x, y).accuracy >= MOBILENET_FLOOR
+
+
+def test_reproduce_model_sets_keep_the_large_models_out_of_the_default_run():
+    from intrafusion.cli import build_parser
+    from intrafusion.experiments.reproduce.run import resolve_models
+
+    assert resolve_models(None, quick=False) == ZOO_IDS  # the default full run: the small zoo only
+    assert resolve_models(["paper-scale"], quick=False) == PAPER_IDS
+    assert resolve_models(["small", MOBILENET_ID], quick=True) == ZOO_IDS + [MOBILENET_ID]
+    assert resolve_models(["all"], quick=False) == ZOO_IDS + HALF_IDS
+    assert build_parser().parse_args(["reproduce", "--models", "paper-scale"]).model == ["paper-scale"]
+    with pytest.raises(ValueError, match="model sets: all, small, paper-scale"):
+        resolve_models(["paper"], quick=False)
+
+
+def test_resolve_a_bundled_id_with_a_dot_and_a_pretrained_name():
+    assert zoo.resolve_model("resnet18_w0.5-mnist5k").name == "resnet18_w0.5-mnist5k"  # not taken for a file name
+    with pytest.raises(CheckpointError, match="does not exist"):
+        zoo.resolve_model("resnet18_w0.7-mnist5k")
+
+
+@pytest.mark.parametrize("model_id", HALF_IDS)
+def test_half_precision_models_record_the_training_command_of_their_recipe(model_id, monkeypatch):
+    import importlib.util
+    import sys
+
+    from intrafusion.cli import build_parser
+
+    spec = importlib.util.spec_from_file_location("build_zoo", ASSETS.parent / "scripts" / "build_zoo.py")
+    build_zoo = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "build_zoo", build_zoo)  # its dataclasses look their module up
+    spec.loader.exec_module(build_zoo)
+    recipe = {build_zoo.paper_scale_id(r): r for r in build_zoo.PAPER_SCALE + build_zoo.BEYOND_PAPER}[model_id]
+    raw = next(m for m in json.loads((zoo.MODELS_DIR / "manifest.json").read_text())["models"] if m["id"] == model_id)
+    args = build_parser().parse_args(shlex.split(raw["train_command"])[3:])
+    assert (args.arch, args.width, args.dataset, args.epochs, args.seed, args.id) == (
+        recipe.arch, recipe.width, recipe.dataset, recipe.epochs, recipe.seed, model_id)
+    assert raw["test_accuracy"] >= (MOBILENET_FLOOR if recipe.arch == "mobilenet_v2" else FLOOR)

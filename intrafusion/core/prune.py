@@ -1,8 +1,10 @@
-"""Policy: default pruning (Algorithm 1) and Intra-Fusion (Algorithm 2) of one group, several, or all.
+"""Policy: default pruning (Algorithm 1), Intra-Fusion (Algorithm 2) and Model Folding of one group, several, or all.
 
 Both methods fold BatchNorm, score the group with the same criterion and keep the same m = int(n (1 - s))
 most important channels. Default pruning then drops the others; Intra-Fusion first writes into the kept
 positions the channels obtained by transporting ALL n channels onto the m targets, then drops the others.
+Model Folding (``method="folding"``, :mod:`intrafusion.core.folding`) clusters each group with k-means
+instead and merges every cluster into its most important member; BatchNorm is folded after merging.
 The input model is never mutated: every call works on a deep copy.
 """
 
@@ -20,9 +22,10 @@ import torch
 from torch import nn
 
 from .fold import bn_targets, fold_batchnorm
+from .folding import FoldingOptions, fold_bn_unscaled, fold_group
 from .groups import Group, PruningGraph
 from .importance import CRITERIA, accumulate_gradients, group_importance
-from .repair import RepairOptions, RepairResult, apply_repair
+from .repair import BiasCorrection, RepairOptions, RepairResult, apply_repair, post_statistics
 from .transport import (
     MARGINALS,
     NORMALIZATIONS,
@@ -52,7 +55,7 @@ __all__ = [
     "prune",
 ]
 
-METHODS = ("default", "fusion")
+METHODS = ("default", "fusion", "folding")
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,9 @@ class TransportOptions:
 class GroupRecord:
     """Everything a picture of one pruned group needs. Arrays are NumPy; indices refer to the unpruned group.
 
-    ``cost``, ``plan``, ``map_out``, ``map_in``, ``mu``, ``nu`` are None for default pruning. ``plan`` is
+    ``cost``, ``plan``, ``map_out``, ``map_in``, ``mu``, ``nu`` are None for default pruning. For folding,
+    ``plan`` is the cluster assignment (1/n per member), ``map_out`` averages and ``map_in`` sums each
+    cluster, ``labels`` (n,) gives every channel's cluster (= column of the plan) and ``cost`` is None. ``plan`` is
     (n, m) with rows = sources (all channels, in channel order) and columns = targets (kept channels in
     ascending order, or centroids). ``timings`` holds seconds per step.
     """
@@ -117,7 +122,7 @@ class GroupRecord:
     importance: np.ndarray
     kept: np.ndarray
     pruned: np.ndarray
-    options: TransportOptions | None = None
+    options: TransportOptions | FoldingOptions | None = None
     cost: np.ndarray | None = None
     plan: np.ndarray | None = None
     map_out: np.ndarray | None = None
@@ -126,6 +131,7 @@ class GroupRecord:
     nu: np.ndarray | None = None
     features: np.ndarray | None = None
     target_features: np.ndarray | None = None
+    labels: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -181,7 +187,7 @@ def check_sparsity(sparsity: float) -> float:
 
 
 def check_finite(model: nn.Module) -> None:
-    """Raise ValueError naming every parameter or buffer that holds NaN or infinity."""
+    """Raise ValueError naming every parameter or buffer that holds NaN or infinity, or a negative variance."""
     bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
@@ -190,10 +196,17 @@ def check_finite(model: nn.Module) -> None:
             f"the model has NaN or infinite values in {shown}: pruning would spread them; load a healthy "
             "checkpoint (retrain or re-export the model)"
         )
+    negative = [name for name, t in model.named_buffers() if name.endswith("running_var") and bool((t < 0).any())]
+    if negative:
+        raise ValueError(
+            f"the model has negative BatchNorm variances in {', '.join(negative[:5])}: a variance cannot be "
+            "negative and folding would produce NaN; load a healthy checkpoint"
+        )
 
 
-def prepare(model: nn.Module, example_inputs: torch.Tensor) -> PreparedModel:
-    """Deep-copy ``model``, build its pruning graph and fold its BatchNorms (the state both methods start from)."""
+def prepare(model: nn.Module, example_inputs: torch.Tensor, fold: bool = True) -> PreparedModel:
+    """Deep-copy ``model``, build its pruning graph and fold its BatchNorms (the state default pruning and
+    Intra-Fusion start from; Model Folding starts unfolded, ``fold=False``)."""
     check_finite(model)
     t0 = time.perf_counter()
     work = copy.deepcopy(model).eval()
@@ -202,7 +215,8 @@ def prepare(model: nn.Module, example_inputs: torch.Tensor) -> PreparedModel:
     t1 = time.perf_counter()
     graph = PruningGraph(work, example_inputs)
     t2 = time.perf_counter()
-    fold_batchnorm(graph)
+    if fold:
+        fold_batchnorm(graph)
     t3 = time.perf_counter()
     return PreparedModel(work, graph, {"copy": t1 - t0, "graph": t2 - t1, "fold": t3 - t2})
 
@@ -332,7 +346,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence
           method: str = "fusion", criterion: str = "l1", options: TransportOptions | None = None, *,
           importance: dict | None = None, taylor_batches=None, seed: int = 0,
           keep_features: bool = False, repair: RepairOptions | str | None = None,
-          repair_data: torch.Tensor | None = None) -> PruneResult:
+          repair_data: torch.Tensor | None = None, prepared: PreparedModel | None = None) -> PruneResult:
     """Prune ``groups`` of a copy of ``model`` at ``sparsity`` with default pruning or Intra-Fusion.
 
     Parameters
@@ -346,45 +360,58 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence
         the model as the previous ones left it.
     sparsity : float in [0, 1)
         Fraction of each group's channels removed; m = int(n (1 - s)) are kept.
-    method : {'default', 'fusion'}
+    method : {'default', 'fusion', 'folding'}
     criterion : {'l1', 'l2', 'taylor', 'lamp', 'random'}
-    options : TransportOptions, optional
-        Intra-Fusion settings (ignored by default pruning).
+        For folding it only chooses which member of a cluster holds the merged channel.
+    options : TransportOptions or FoldingOptions, optional
+        Intra-Fusion settings, or Model Folding settings for ``method='folding'``; options of the other kind
+        are ignored (the defaults are used), as default pruning ignores them.
     importance : dict {group: array (n,)}, optional
         Explicit scores that replace the criterion for those groups (oracle tests, custom criteria).
     taylor_batches : iterable of (inputs, labels), optional
         Data for the Taylor criterion (gradients are recomputed before each group).
     seed : int
-        Seed for the random criterion and k-means targets.
+        Seed for the random criterion, k-means targets and folding's k-means (group g uses seed + g).
     keep_features : bool
         Keep the channels' feature vectors in the records (for projections).
     repair : RepairOptions, str or None
         Repair applied after the method (:mod:`intrafusion.core.repair`); None = 'none'.
     repair_data : torch.Tensor, optional
         Unlabelled inputs (N, C, H, W), needed only by repair 'data'.
+    prepared : PreparedModel, optional
+        ``prepare(model, example_inputs)`` done already (sweeps clone one per cell); it is pruned in place.
+        Ignored by folding, which starts from the unfolded model.
 
     Returns
     -------
     PruneResult
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: choose 'default' (drop channels) or 'fusion' (Intra-Fusion)")
+        raise ValueError(f"unknown method {method!r}: choose 'default' (drop channels), 'fusion' (Intra-Fusion) "
+                         "or 'folding' (Model Folding)")
     sparsity = check_sparsity(sparsity)
-    options = options or TransportOptions()
+    if method == "folding":
+        options = options if isinstance(options, FoldingOptions) else FoldingOptions()
+        prepared = None
+    else:
+        options = options if isinstance(options, TransportOptions) else TransportOptions()
     repair_opts = RepairOptions.coerce(repair)
     if repair_opts.kind == "data" and repair_data is None:
         raise ValueError("repair='data' needs repair_data: a tensor of a few hundred unlabelled training inputs "
                          "(N, C, H, W); use repair='synthetic' or 'moments' for a repair without data")
     targets = bn_targets(model) if repair_opts.kind != "none" else {}
-    keep_features = keep_features or repair_opts.kind == "moments"  # moments takes rho from feature cosines
+    keep_features = keep_features or repair_opts.corrects_bias  # moments and bias take rho from feature cosines
     if taylor_batches is not None and not isinstance(taylor_batches, list | tuple):
         taylor_batches = list(taylor_batches)  # reused for every group
     t_start = time.perf_counter()
-    prepared = prepare(model, example_inputs)
+    prepared = prepare(model, example_inputs, fold=method != "folding") if prepared is None else prepared
     graph = prepared.graph
+    if method == "folding" and options.variant == "ar":
+        fold_bn_unscaled(graph)
     indices = _resolve_groups(groups, len(graph))
     importance = importance or {}
     records: list[GroupRecord] = []
+    bias_shift = 0.0
     for index in indices:
         n = graph.channels(index)
         m = kept_count(n, sparsity)
@@ -397,7 +424,17 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence
         imp_np = imp.numpy()
         rec = GroupRecord(group=graph.groups[index], method=method, sparsity=sparsity, criterion=criterion,
                           importance=imp_np, kept=kept, pruned=pruned)
-        if method == "fusion" and len(pruned):
+        bias = (BiasCorrection.start(graph, graph.slices(index, tp_group), targets, rec.group.norms)
+                if repair_opts.corrects_bias and len(pruned) else None)
+        if method == "folding" and len(pruned):
+            t0 = time.perf_counter()
+            fg = fold_group(graph.slices(index, tp_group), m, imp_np, options, seed + index)
+            timings["fold"] = time.perf_counter() - t0
+            kept, pruned = fg["kept"], fg["pruned"]
+            rec.kept, rec.pruned, rec.options, rec.plan, rec.labels = kept, pruned, options, fg["plan"], fg["labels"]
+            rec.map_out, rec.map_in, rec.mu, rec.nu, rec.features = (fg["map_out"], fg["map_in"], fg["mu"], fg["nu"],
+                                                                     fg["features"])
+        elif method == "fusion" and len(pruned):
             pl = _plan(graph, index, tp_group, imp_np, kept, options, seed, keep_features)
             t0 = time.perf_counter()
             apply_map(pl["slices"], pl["map_out"], pl["map_in"], kept)
@@ -405,13 +442,19 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence
             rec.options, rec.cost, rec.plan = options, pl["cost"], pl["plan"]
             rec.map_out, rec.map_in, rec.mu, rec.nu = pl["map_out"], pl["map_in"], pl["mu"], pl["nu"]
             rec.features, rec.target_features = pl.get("features"), pl.get("target_features")
+        if bias is not None:  # consumers absorb the expected contribution the group's change removes or adds
+            bias_shift = max(bias_shift, bias.finish(rec.kept, *post_statistics(rec, *targets[rec.group.norms[0]],
+                                                                                repair_opts)))
         t0 = time.perf_counter()
-        graph.prune(index, pruned.tolist())
+        graph.prune(index, rec.pruned.tolist())
         timings["prune"] = time.perf_counter() - t0
         rec.timings = timings
         records.append(rec)
+    if method == "folding":  # merged with BatchNorm unfolded; fold now, so every method returns the same form
+        fold_batchnorm(graph)
     model_out = graph.model
-    rep = apply_repair(model_out, example_inputs, model, targets, records, repair_opts, repair_data)
+    rep = apply_repair(model_out, example_inputs, model, targets, records, repair_opts, repair_data,
+                       {"largest_bias_shift": bias_shift} if repair_opts.corrects_bias else None)
     timings = dict(prepared.timings, total=time.perf_counter() - t_start)
     return PruneResult(model_out, records, timings, repair=rep)
 

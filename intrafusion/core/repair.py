@@ -1,40 +1,49 @@
-"""Repair: restore the per-channel statistics that pruning or fusion broke, after any method (issue 9).
+"""Repair: restore the per-channel statistics that pruning, fusion or folding broke (issue 9).
 
 With BatchNorm folded, the original network's pre-activation a_j of channel j has mean beta_j and std
-|gamma_j| (see :func:`intrafusion.core.fold.bn_targets`). Pruning changes them: a fused channel
-a_t' = sum_j A_tj a_j has
+|gamma_j| (see :func:`intrafusion.core.fold.bn_targets`). A fused channel a_t' = sum_j A_tj a_j has
 
     E[a_t'] = sum_j A_tj beta_j,    Var[a_t'] = sum_{j,l} A_tj A_tl rho_jl |gamma_j| |gamma_l|,
 
-and the drift compounds over layers. The kinds (``REPAIRS``):
+and the drift compounds over layers. Every fused or kept channel has a *target* (``RepairOptions.target``):
+``kept``: the kept channel's own (beta, |gamma|); ``mapped``: the map-weighted average of its sources'
+(sum_j Abar_tj beta_j, sum_j Abar_tj |gamma_j|), Abar the producer map with rows rescaled to sum to 1 (for
+folding: the cluster means). The kinds (``REPAIRS``):
 
 - ``none``: nothing.
-- ``moments`` (no data, no optimisation): every fused channel is rescaled to the kept channel's target std,
-  its std estimated through the map with rho = cosine of the channels' feature vectors, and its mean set to
-  the kept channel's beta. Only layers with a BatchNorm are repaired (the MLP's plain linear layers are not).
-- ``synthetic`` (no real data): a batch optimised from noise so that every BatchNorm's batch statistics match
-  its stored running statistics (ZeroQ), cached on disk; then the pruned network's BatchNorms are re-estimated
-  on it (affine set to the kept channel's target beta and |gamma|, running statistics reset and re-estimated
-  in train-mode forward passes, no gradient step).
-- ``data``: the same re-estimation on real, unlabelled images (``uses_data`` True). Never reads a label.
+- ``bias`` (no data, no optimisation): consumer bias correction only (:mod:`intrafusion.core.bias`): every
+  consumer absorbs the expected contribution E[relu(a)] that dropped or merged channels remove or add.
+- ``moments`` (no data, no optimisation): every fused channel is rescaled to its target std (its std
+  estimated through the map with rho = cosine of the channels' feature vectors, Model Folding's data-free
+  REPAIR generalised to transport maps) and its mean set to its target mean; then the consumer bias
+  correction with the restored statistics. Only layers with a BatchNorm are rescaled (the MLP's plain linear
+  layers are not); folding records get the bias correction only (Fold-AR, ``FoldingOptions(variant='ar')``,
+  is folding's own moment repair).
+- ``synthetic`` (no real data): a batch optimised from noise to match the stored BatchNorm statistics
+  (:mod:`intrafusion.core.synthetic`), cached on disk; the pruned network's BatchNorms are set to their
+  targets and their running statistics re-estimated on it (train-mode forward passes, no gradient step).
+- ``data``: the same re-estimation on real, unlabelled inputs (``uses_data`` True). Never reads a label.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["REPAIRS", "RepairOptions", "RepairResult", "apply_repair", "expected_relu", "reestimate_bn",
+from .bias import BiasCorrection, expected_relu
+from .synthetic import SyntheticOptions, bn_mismatch, synthetic_batch_info
+from .synthetic import synthetic_batch as _synthetic_batch
+
+__all__ = ["REPAIRS", "REPAIR_TARGETS", "BiasCorrection", "RepairOptions", "RepairResult", "apply_repair",
+           "bn_mismatch", "channel_targets", "check_targets", "expected_relu", "post_statistics", "reestimate_bn",
            "std_ratios", "synthetic_batch"]
 
-REPAIRS = ("none", "moments", "synthetic", "data")
+REPAIRS = ("none", "bias", "moments", "synthetic", "data")
+REPAIR_TARGETS = ("kept", "mapped")
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -44,23 +53,27 @@ class RepairOptions:
 
     Attributes
     ----------
-    kind : {'none', 'moments', 'synthetic', 'data'}
-    synthetic_size : int
-        Images in the synthetic batch.
-    synthetic_steps : int
-        Adam steps (lr ``synthetic_lr``) optimising the synthetic batch.
-    synthetic_lr : float
+    kind : {'none', 'bias', 'moments', 'synthetic', 'data'}
+    target : {'kept', 'mapped'}
+        Target statistics of a fused channel: the kept channel's, or the map-weighted average of its sources'.
+    synthetic_size, synthetic_steps, synthetic_lr : int, int, float or None
+        Override the synthetic recipe's number of inputs, Adam steps and learning rate (None: the recipe's).
+    synthetic : SyntheticOptions or None
+        The full synthetic recipe (None: :class:`SyntheticOptions` defaults).
     batch_size : int
         Batch size of the train-mode re-estimation passes.
     seed : int
+        Seed of the synthetic batch.
     cache_dir : str or None
         Where synthetic batches are cached ($INTRAFUSION_CACHE or ~/.cache/intrafusion by default).
     """
 
     kind: str = "none"
-    synthetic_size: int = 256
-    synthetic_steps: int = 200
-    synthetic_lr: float = 0.1
+    target: str = "mapped"
+    synthetic_size: int | None = None
+    synthetic_steps: int | None = None
+    synthetic_lr: float | None = None
+    synthetic: SyntheticOptions | None = None
     batch_size: int = 64
     seed: int = 0
     cache_dir: str | None = None
@@ -68,12 +81,26 @@ class RepairOptions:
     def __post_init__(self):
         if self.kind not in REPAIRS:
             raise ValueError(f"unknown repair {self.kind!r}: choose one of {', '.join(REPAIRS)}")
-        if self.synthetic_size < 2 or self.synthetic_steps < 0 or self.batch_size < 2:
-            raise ValueError("synthetic_size and batch_size must be at least 2 and synthetic_steps non-negative")
+        if self.target not in REPAIR_TARGETS:
+            raise ValueError(f"unknown repair target {self.target!r}: choose one of {', '.join(REPAIR_TARGETS)}")
+        if self.batch_size < 2:
+            raise ValueError("the re-estimation batch_size must be at least 2 (BatchNorm needs a batch)")
+        self.synthetic_options()  # validates the synthetic settings
 
     @property
     def uses_data(self) -> bool:
         return self.kind == "data"
+
+    @property
+    def corrects_bias(self) -> bool:
+        return self.kind in ("bias", "moments")
+
+    def synthetic_options(self) -> SyntheticOptions:
+        """The synthetic recipe with this option's overrides and seed."""
+        base = self.synthetic or SyntheticOptions()
+        over = {k: v for k, v in (("size", self.synthetic_size), ("steps", self.synthetic_steps),
+                                  ("lr", self.synthetic_lr)) if v is not None}
+        return replace(base, seed=self.seed, **over)
 
     @classmethod
     def coerce(cls, repair) -> RepairOptions:
@@ -96,17 +123,14 @@ class RepairResult:
     details: dict = field(default_factory=dict)
 
 
-def expected_relu(mu, sigma):
-    """E[relu(a)] for a ~ N(mu, sigma^2): mu Phi(mu / sigma) + sigma phi(mu / sigma) (sigma = 0: relu(mu))."""
-    mu = torch.as_tensor(mu, dtype=torch.float64)
-    sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    if bool((sigma < 0).any()) or not bool(torch.isfinite(sigma).all()) or not bool(torch.isfinite(mu).all()):
-        raise ValueError("expected_relu needs finite means and non-negative finite stds (got NaN, inf or < 0)")
-    safe = sigma.clamp_min(1e-12)
-    z = mu / safe
-    normal = torch.distributions.Normal(0.0, 1.0)
-    out = mu * normal.cdf(z) + sigma * torch.exp(normal.log_prob(z))
-    return torch.where(sigma > 0, out, mu.clamp_min(0))
+def synthetic_batch(model: nn.Module, example_inputs: torch.Tensor, size: int | None = None,
+                    steps: int | None = None, seed: int = 0, cache_dir=None, lr: float | None = None,
+                    options: SyntheticOptions | None = None) -> torch.Tensor:
+    """The synthetic batch the ``synthetic`` repair uses (same cache), see
+    :func:`intrafusion.core.synthetic.synthetic_batch`; None keeps the recipe's value."""
+    opts = RepairOptions(kind="synthetic", synthetic_size=size, synthetic_steps=steps, synthetic_lr=lr,
+                         synthetic=options, seed=seed).synthetic_options()
+    return _synthetic_batch(model, example_inputs, opts, cache_dir)
 
 
 def check_targets(targets: dict) -> None:
@@ -116,105 +140,55 @@ def check_targets(targets: dict) -> None:
                              "load a healthy checkpoint (its running_var and affine parameters must be finite)")
 
 
-def kept_targets(model: nn.Module, targets: dict, records) -> dict:
-    """Target (mean, std) of every BatchNorm of the pruned ``model``: the kept channels' original values."""
+def _averaging(rec) -> torch.Tensor:
+    a = torch.as_tensor(rec.map_out, dtype=torch.float64)
+    rows = a.sum(1, keepdim=True)
+    return a / torch.where(rows > 0, rows, torch.ones_like(rows))
+
+
+def channel_targets(rec, mean: torch.Tensor, std: torch.Tensor, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target (mean, std) of the m channels a record leaves, from its n sources' (mean, std)."""
+    kept = torch.as_tensor(np.asarray(rec.kept), dtype=torch.long)
+    if rec.map_out is None or target == "kept":
+        return mean.double()[kept], std.double()[kept]
+    a = _averaging(rec)
+    return a @ mean.double(), a @ std.double()
+
+
+def _rho(rec) -> torch.Tensor:
+    x = torch.as_tensor(rec.features, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (x @ x.T).clamp(-1, 1)
+
+
+def post_statistics(rec, mean: torch.Tensor, std: torch.Tensor, options: RepairOptions):
+    """(mean, std) of the m channels a record leaves, after the method and the repair's rescaling."""
+    kept = torch.as_tensor(np.asarray(rec.kept), dtype=torch.long)
+    mean, std = mean.double(), std.double()
+    if rec.map_out is None:
+        return mean[kept], std[kept]
+    if options.kind == "moments" and rec.method != "folding":
+        return channel_targets(rec, mean, std, options.target)
+    a = torch.as_tensor(rec.map_out, dtype=torch.float64)
+    if rec.method == "folding" and getattr(rec.options, "variant", "plain") == "ar":
+        return a @ mean, a @ std  # Fold-AR rescaled every cluster to its mean |gamma|
+    cov = _rho(rec) * std[:, None] * std[None, :] if rec.features is not None else torch.diag(std ** 2)
+    return a @ mean, torch.einsum("tj,jl,tl->t", a, cov, a).clamp_min(0).sqrt()
+
+
+def kept_targets(model: nn.Module, targets: dict, records, target: str = "kept") -> dict:
+    """Target (mean, std) of every BatchNorm of the pruned ``model`` (see :func:`channel_targets`)."""
     out = {name: (m.clone(), s.clone()) for name, (m, s) in targets.items()}
     for rec in records:
-        kept = torch.as_tensor(np.asarray(rec.kept), dtype=torch.long)
         for name in rec.group.norms:
-            if name in out and len(out[name][0]) != len(kept):
-                mean, std = out[name]
-                out[name] = (mean[kept], std[kept])
+            if name in out and len(out[name][0]) != len(rec.kept) and len(out[name][0]) == rec.n:
+                out[name] = tuple(t.float() for t in channel_targets(rec, *out[name], target))
     mods = dict(model.named_modules())
     for name, (mean, _) in out.items():
         if name in mods and mods[name].num_features != len(mean):
             raise RuntimeError(f"repair: BatchNorm '{name}' has {mods[name].num_features} channels but "
                                f"{len(mean)} targets")
     return out
-
-
-def _hook_stats(model: nn.Module):
-    """Forward pre-hooks that store every BatchNorm input's per-channel batch mean and variance."""
-    stats, hooks = {}, []
-    for name, m in model.named_modules():
-        if isinstance(m, _BN):
-            def hook(mod, inp, name=name):
-                x = inp[0]
-                dims = [0] + list(range(2, x.dim()))
-                stats[name] = (x.mean(dims), x.var(dims, unbiased=False))
-            hooks.append(m.register_forward_pre_hook(hook))
-    return stats, hooks
-
-
-def _model_hash(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def synthetic_batch(model: nn.Module, example_inputs: torch.Tensor, size: int = 256, steps: int = 200,
-                    seed: int = 0, cache_dir: str | os.PathLike | None = None, lr: float = 0.1) -> torch.Tensor:
-    """Inputs optimised from N(0, 1) noise so that every BatchNorm's batch statistics match its running ones.
-
-    Minimises sum over BatchNorms of ||E[x] - running_mean||^2 + ||Var[x] - running_var||^2 (per channel,
-    batch statistics of the BN's input) with Adam. ``model`` is the unpruned, unfolded model (never changed).
-    Cached on disk under a key made of the weights' hash and the settings; returns a (size, C, H, W) tensor.
-    """
-    root = Path(cache_dir or os.environ.get("INTRAFUSION_CACHE") or Path.home() / ".cache" / "intrafusion")
-    key = f"synthetic-{_model_hash(model)}-{tuple(example_inputs.shape[1:])}-{size}-{steps}-{seed}-{lr}"
-    path = root / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    if not any(isinstance(m, _BN) for m in model.modules()):
-        raise ValueError("a synthetic batch needs BatchNorm statistics: this model has no BatchNorm layer")
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((size, *example_inputs.shape[1:]), generator=gen).requires_grad_(True)
-    was_training = model.training
-    model.eval()
-    grads = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    stats, hooks = _hook_stats(model)
-    bns = {n: m for n, m in model.named_modules() if isinstance(m, _BN)}
-    opt = torch.optim.Adam([x], lr=lr)
-    try:
-        for _ in range(steps):
-            opt.zero_grad()
-            model(x)
-            loss = sum(((stats[n][0] - m.running_mean) ** 2).sum() + ((stats[n][1] - m.running_var) ** 2).sum()
-                       for n, m in bns.items())
-            loss.backward()
-            opt.step()
-    finally:
-        for h in hooks:
-            h.remove()
-        for p, g in zip(model.parameters(), grads, strict=True):
-            p.requires_grad_(g)
-        model.train(was_training)
-    out = x.detach().clone()
-    root.mkdir(parents=True, exist_ok=True)
-    torch.save(out, path)
-    return out
-
-
-def bn_mismatch(model: nn.Module, inputs: torch.Tensor) -> float:
-    """Largest |batch mean - running mean| and |batch std - running std|, relative to the running std."""
-    stats, hooks = _hook_stats(model)
-    try:
-        with torch.no_grad():
-            model.eval()(inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    worst = 0.0
-    for n, m in model.named_modules():
-        if isinstance(m, _BN):
-            sd = m.running_var.sqrt().clamp_min(1e-6)
-            worst = max(worst, float(((stats[n][0] - m.running_mean).abs() / sd).max()),
-                        float(((stats[n][1].sqrt() - sd).abs() / sd).max()))
-    return worst
 
 
 @torch.no_grad()
@@ -225,6 +199,8 @@ def reestimate_bn(model: nn.Module, inputs: torch.Tensor, targets: dict, batch_s
         raise TypeError("repair data must be a tensor of unlabelled inputs (N, C, H, W), not a dataset or tuple")
     if not bool(torch.isfinite(inputs).all()):
         raise ValueError("repair data holds NaN or infinite values")
+    if len(inputs) < 2:
+        raise ValueError("repair data needs at least 2 inputs (BatchNorm statistics need a batch)")
     bns = {n: m for n, m in model.named_modules() if isinstance(m, _BN)}
     saved = {}
     for n, m in bns.items():
@@ -250,18 +226,16 @@ def reestimate_bn(model: nn.Module, inputs: torch.Tensor, targets: dict, batch_s
 
 
 @torch.no_grad()
-def moments_repair(model: nn.Module, targets: dict, records) -> int:
-    """Rescale every fused channel to its kept channel's target std (std estimated through the map, with
-    correlations from feature cosines) and set its mean to the kept channel's beta. Returns channels changed."""
+def moments_repair(model: nn.Module, targets: dict, records, target: str = "mapped") -> int:
+    """Rescale every fused channel to its target std (std estimated through the map, with correlations from
+    feature cosines) and set its mean to its target mean. Returns the number of channels changed."""
     mods = dict(model.named_modules())
     changed = 0
     for rec in records:
-        if rec.map_out is None or rec.features is None:
+        if rec.map_out is None or rec.features is None or rec.method == "folding":
             continue
         a = torch.as_tensor(rec.map_out, dtype=torch.float64)  # (m, n)
-        x = torch.as_tensor(rec.features, dtype=torch.float64)
-        rho = (x @ x.T).clamp(-1, 1)
-        kept = torch.as_tensor(np.asarray(rec.kept), dtype=torch.long)
+        rho = _rho(rec)
         for name in rec.group.norms:
             bn = mods.get(name)
             if bn is None or not bn.affine or name not in targets:
@@ -269,21 +243,25 @@ def moments_repair(model: nn.Module, targets: dict, records) -> int:
             mean, std = (t.double() for t in targets[name])
             if len(std) != a.shape[1]:
                 continue
-            cov = rho * std[:, None] * std[None, :]
-            est = torch.einsum("tj,jl,tl->t", a, cov, a).clamp_min(1e-12).sqrt()
-            ratio = std[kept] / est
-            # a_t = w z + b has mean mu_t = sum_j A_tj beta_j; make it r (a_t - mu_t) + beta_kept
-            mu = a @ mean
-            new_bias = ratio * (bn.bias.data.double() - mu) + mean[kept]
+            est = torch.einsum("tj,jl,tl->t", a, rho * std[:, None] * std[None, :], a).clamp_min(1e-12).sqrt()
+            t_mean, t_std = channel_targets(rec, mean, std, target)
+            ratio = t_std / est
+            # a_t = w z + b has mean mu_t = sum_j A_tj beta_j; make it r (a_t - mu_t) + target mean
+            new_bias = ratio * (bn.bias.data.double() - a @ mean) + t_mean
             bn.weight.data.mul_(ratio.to(bn.weight.dtype))
             bn.bias.data.copy_(new_bias.to(bn.bias.dtype))
-            changed += len(kept)
+            changed += len(rec.kept)
     return changed
 
 
 def apply_repair(model: nn.Module, example_inputs: torch.Tensor, original: nn.Module, targets: dict, records,
-                 options: RepairOptions, repair_data: torch.Tensor | None = None) -> RepairResult | None:
-    """Repair the pruned ``model`` in place (``original`` is the unpruned, unfolded model, never changed)."""
+                 options: RepairOptions, repair_data: torch.Tensor | None = None,
+                 details: dict | None = None) -> RepairResult | None:
+    """Repair the pruned ``model`` in place (``original`` is the unpruned, unfolded model, never changed).
+
+    The bias correction of ``bias`` and ``moments`` happened group by group during pruning
+    (:class:`intrafusion.core.bias.BiasCorrection`); ``details`` carries what it reported.
+    """
     if options.kind == "none":
         return None
     t0 = time.perf_counter()
@@ -291,22 +269,24 @@ def apply_repair(model: nn.Module, example_inputs: torch.Tensor, original: nn.Mo
         raise ValueError("repair='data' needs repair_data: a tensor of a few hundred unlabelled training inputs "
                          "(N, C, H, W); use repair='synthetic' or 'moments' for a repair without data")
     check_targets(targets)
-    details: dict = {}
+    details = dict(details or {})
     if not any(len(r.pruned) for r in records):
         return RepairResult(options.kind, options.uses_data, time.perf_counter() - t0,
                             {"note": "nothing was pruned: nothing to repair"})
     if options.kind == "moments":
-        details["channels"] = moments_repair(model, targets, records)
-        details["note"] = "moments repairs only layers with a BatchNorm"
-    else:
+        details["channels"] = moments_repair(model, targets, records, options.target)
+        details["note"] = "moments rescales only layers with a BatchNorm (folding: bias correction only)"
+    elif options.kind in ("synthetic", "data"):
         if options.kind == "synthetic":
             t1 = time.perf_counter()
-            inputs = synthetic_batch(original, example_inputs, options.synthetic_size, options.synthetic_steps,
-                                     options.seed, options.cache_dir, options.synthetic_lr)
-            details["synthetic_seconds"] = time.perf_counter() - t1
+            inputs, info = synthetic_batch_info(original, example_inputs, options.synthetic_options(),
+                                                options.cache_dir)
+            details["synthetic_seconds"] = time.perf_counter() - t1  # this call's (a cache read is quick)
+            details["synthetic_made_seconds"] = info["made_seconds"]  # what making the batch cost, once
+            details["synthetic_cached"] = info["cached"]
         else:
             inputs = repair_data
-        reestimate_bn(model, inputs, kept_targets(model, targets, records), options.batch_size)
+        reestimate_bn(model, inputs, kept_targets(model, targets, records, options.target), options.batch_size)
         details["inputs"] = len(inputs)
     return RepairResult(options.kind, options.uses_data, time.perf_counter() - t0, details)
 

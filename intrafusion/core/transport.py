@@ -47,18 +47,19 @@ def feature_vectors(slices: list[LayerSlice]) -> torch.Tensor:
     parts = []
     for s in slices:
         w = s.module.weight.detach()
-        if s.side == "out":
-            parts.append(w[s.index].reshape(s.index.shape[0], -1))
+        if s.side == "out":  # a view when the group owns every row in order: copied once, by the cat below
+            parts.append(_gather(w, s.index).reshape(s.index.shape[0], -1))
         elif s.side == "in":
             parts.append(w.transpose(0, 1)[s.index].reshape(s.index.shape[0], -1))
     if not parts:
         raise ValueError("the group has no conv/linear weights to compare")
     x = torch.cat(parts, dim=1).to(torch.float32)
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return x.div_(x.norm(dim=1, keepdim=True).clamp_min(1e-12))  # in place: x is a fresh copy
 
 
-def cost_matrix(x: torch.Tensor, y: torch.Tensor, p: float = 1.0, *, kept: torch.Tensor | None = None) -> torch.Tensor:
-    """Pairwise ``||x_s - y_t||_p``, shape (len(x), len(y)).
+def cost_matrix(x: torch.Tensor, y: torch.Tensor, p: float = 1.0, *, kept: torch.Tensor | None = None,
+                device: str | torch.device | None = None) -> torch.Tensor:
+    """Pairwise ``||x_s - y_t||_p``, shape (len(x), len(y)), returned on ``x``'s device.
 
     Parameters
     ----------
@@ -70,9 +71,17 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, p: float = 1.0, *, kept: torch
     kept : torch.Tensor, optional
         Indices such that ``y == x[kept]`` (targets = kept channels). The kept rows of C then form a
         symmetric m x m block, of which only one triangle is computed.
+    device : str or torch.device, optional
+        Where to compute it (``auto``, ``cpu``, ``cuda``); default :func:`intrafusion.device.compute_device`.
     """
     if p <= 0:
         raise ValueError(f"the cost exponent p must be positive, got {p}")
+    from ..device import compute_device, resolve_device
+
+    where = resolve_device(device) if device is not None else compute_device()
+    if where is not None and where.type != x.device.type:
+        moved = kept.to(where) if isinstance(kept, torch.Tensor) else kept
+        return cost_matrix(x.to(where), y.to(where), p, kept=moved, device=where).to(x.device)
     if p == 2:
         return torch.cdist(x, y, p=2.0, compute_mode="use_mm_for_euclid_dist").clamp_min(0)
     if kept is None:
@@ -116,6 +125,7 @@ def _accumulate(x: torch.Tensor, y: torch.Tensor, p: float, symmetric: bool = Fa
 _prange = range
 _KERNEL: list = []  # [compiled kernel or None], filled on first use: numba's import and JIT cost only when needed
 _CHUNK = 512  # features summed in float32 before each float64 add: keeps the error near float64's (~1e-6 here)
+_JBLOCK = 128  # targets per cache block: 128 targets x 512 features x 4 bytes = 256 KB of y stay in L2
 
 
 def _l1_kernel():
@@ -138,14 +148,28 @@ def _l1_kernel():
 
 
 def _accumulate_l1_compiled(x: torch.Tensor, y: torch.Tensor, symmetric: bool) -> torch.Tensor:
-    """``sum_k |x_sk - y_tk|`` (float64) with the compiled kernel; ``symmetric``: x is y, upper triangle only."""
+    """``sum_k |x_sk - y_tk|`` (float64) with the compiled kernel; ``symmetric``: x is y, upper triangle only.
+
+    The kernel is called once per block of ``_JBLOCK`` targets, so a large cost shows a progress bar."""
     import numba
 
     xs = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
     ys = xs if symmetric else np.ascontiguousarray(y.detach().numpy(), dtype=np.float32)
-    out = np.zeros((xs.shape[0], ys.shape[0]), dtype=np.float64)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    _l1_kernel()(xs, ys, out, symmetric, _CHUNK)
+    n, m = xs.shape[0], ys.shape[0]
+    out = np.zeros((n, m), dtype=np.float64)
+    torch_threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
+    kernel = _l1_kernel()
+    work = (n * m / (2 if symmetric else 1)) * xs.shape[1]
+    bar = _bar(m, f"cost {n} x {m}" + (" (kept block)" if symmetric else ""), work, _PROGRESS_COST)
+    for j0 in range(0, m, _JBLOCK):
+        j1 = min(j0 + _JBLOCK, m)
+        kernel(xs, ys, out, symmetric, _CHUNK, j0, j1)
+        if bar is not None:
+            bar.update(j1 - j0)
+    if bar is not None:
+        bar.close()
+    torch.set_num_threads(torch_threads)  # numba's OpenMP region resets torch's thread count (1 -> all cores)
     res = torch.from_numpy(out)
     if symmetric:
         upper = torch.triu(res)
@@ -153,21 +177,46 @@ def _accumulate_l1_compiled(x: torch.Tensor, y: torch.Tensor, symmetric: bool) -
     return res
 
 
-def _l1_tiles(x, y, out, symmetric, chunk):  # pragma: no cover - compiled by numba
-    """Kernel: four source rows at a time against each target row, so each target row is read once per four
-    sources (register tiling: the plain loop is memory bound); chunks of ``chunk`` features in float32."""
+_PROGRESS_COST = 2e10  # absolute differences above which the cost shows a progress bar (a few seconds on 2 cores)
+_PROGRESS_SOLVE = 2e6  # plan entries above which the exact OT solve says it is running (seconds at 4096 x 2048)
+
+
+def _bar(total: int, desc: str, work: float, threshold: float):
+    """A tqdm bar on stderr for a step of ``work`` units when it exceeds ``threshold`` (None otherwise); tqdm's
+    ``disable=None`` hides it when stderr is not a terminal (logs, tests)."""
+    if work < threshold:
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, disable=None)
+
+
+def _l1_tiles(x, y, out, symmetric, chunk, j0, j1):  # pragma: no cover - compiled by numba
+    """Kernel: ``out[i, j] += sum_k |x_ik - y_jk|`` for targets ``j0 <= j < j1`` (out starts at zero).
+
+    Blocked like a matrix product, because for wide groups the plain loop is memory bound: a block of
+    ``j1 - j0`` targets x ``chunk`` features of y (~256 KB) stays in the core's L2 cache while every source
+    row passes over it (a 4096-channel group has 240 MB of targets: streaming them again for every four
+    sources was most of its time). Inside, four source rows at a time against each target row (register
+    tiling: each target value is loaded once per four sources). Each chunk is summed in float32 and added
+    to the float64 ``out`` in chunk order, so the value does not depend on the blocking or the threads.
+    """
     n, d = x.shape
-    m = y.shape[0]
-    for t in _prange((n + 3) // 4):
-        i0 = t * 4
-        i1 = min(i0 + 4, n)
-        for j in range(i0 if symmetric else 0, m):
-            yj = y[j]
-            if i1 - i0 == 4:
-                s0 = s1 = s2 = s3 = 0.0
-                for c in range(0, d, chunk):
-                    e = min(c + chunk, d)
-                    xa, xb, xc, xd, yy = x[i0, c:e], x[i0 + 1, c:e], x[i0 + 2, c:e], x[i0 + 3, c:e], yj[c:e]
+    tiles = (n + 3) // 4
+    for c in range(0, d, chunk):
+        e = min(c + chunk, d)
+        for q in _prange(tiles):
+            # Tiles in the order 0, last, 1, last - 1, ...: threads get contiguous ranges of q, and in the
+            # symmetric case early tiles hold far more of the triangle, so this order balances the threads.
+            t = q // 2 if q % 2 == 0 else tiles - 1 - q // 2
+            i0 = t * 4
+            i1 = min(i0 + 4, n)
+            for j in range(max(j0, i0) if symmetric else j0, j1):
+                yy = y[j, c:e]
+                if i1 - i0 == 4:
+                    xa, xb, xc, xd = x[i0, c:e], x[i0 + 1, c:e], x[i0 + 2, c:e], x[i0 + 3, c:e]
                     a0 = a1 = a2 = a3 = np.float32(0)
                     for k in range(e - c):
                         v = yy[k]
@@ -175,22 +224,17 @@ def _l1_tiles(x, y, out, symmetric, chunk):  # pragma: no cover - compiled by nu
                         a1 += abs(xb[k] - v)
                         a2 += abs(xc[k] - v)
                         a3 += abs(xd[k] - v)
-                    s0 += a0
-                    s1 += a1
-                    s2 += a2
-                    s3 += a3
-                out[i0, j], out[i0 + 1, j], out[i0 + 2, j], out[i0 + 3, j] = s0, s1, s2, s3
-            else:
-                for i in range(i0, i1):
-                    s = 0.0
-                    for c in range(0, d, chunk):
-                        e = min(c + chunk, d)
-                        xi, yy = x[i, c:e], yj[c:e]
+                    out[i0, j] += a0
+                    out[i0 + 1, j] += a1
+                    out[i0 + 2, j] += a2
+                    out[i0 + 3, j] += a3
+                else:
+                    for i in range(i0, i1):
+                        xi = x[i, c:e]
                         a = np.float32(0)
                         for k in range(e - c):
                             a += abs(xi[k] - yy[k])
-                        s += a
-                    out[i, j] = s
+                        out[i, j] += a
 
 
 def centroids(x: torch.Tensor, m: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
@@ -228,7 +272,11 @@ def solve(mu: np.ndarray, nu: np.ndarray, cost: np.ndarray, solver: str = "emd",
         raise ValueError(f"the transport cost has {int((~np.isfinite(cost)).sum())} NaN/inf entries of "
                          f"{cost.size}: the model's weights are not finite (a corrupt checkpoint?)")
     if solver == "emd":
+        bar = _bar(1, f"exact OT plan {cost.shape[0]} x {cost.shape[1]}", cost.size, _PROGRESS_SOLVE)
         plan = ot.emd(mu, nu, cost, numItermax=1_000_000)
+        if bar is not None:
+            bar.update(1)
+            bar.close()
         _check_marginals(plan, mu, nu, solver, tol=1e-6)
         return plan
     if solver == "sinkhorn":
@@ -291,27 +339,37 @@ def apply_map(slices: list[LayerSlice], map_out: np.ndarray, map_in: np.ndarray,
     """
     slots_t = torch.as_tensor(np.asarray(slots), dtype=torch.long)
     dtype = slices[0].module.weight.dtype if slices else torch.float32
-    maps = {"out": _as_operator(map_out, dtype), "in": _as_operator(map_in, dtype)}
+    where = slices[0].module.weight.device if slices else torch.device("cpu")  # update where the weights are
+    maps = {"out": _as_operator(map_out, dtype, where), "in": _as_operator(map_in, dtype, where)}
     for s in slices:
         tmap = maps["in" if s.side == "in" else "out"]
         dest = s.index[slots_t]
         if s.side == "out":
             tensors = [s.module.weight] + ([s.module.bias] if s.module.bias is not None else [])
             for p in tensors:
-                p.data[dest] = _apply(tmap, p.data[s.index])
+                p.data[dest] = _apply(tmap, _gather(p.data, s.index))
         elif s.side == "in":
             wt = s.module.weight.data.transpose(0, 1)
-            wt[dest] = _apply(tmap, wt[s.index])
+            wt[dest] = _apply(tmap, _gather(wt, s.index))
         elif s.side == "norm" and getattr(s.module, "bias", None) is not None:
             b = s.module.bias.data
             b[dest] = _apply(tmap, b[s.index])
 
 
-def _as_operator(tmap: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+def _as_operator(tmap: np.ndarray, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
     """The map as a tensor; sparse when it is (an exact OT plan has at most n + m - 1 non-zeros), which makes
     the weight update O(nnz x features) instead of O(m x n x features)."""
     t = torch.as_tensor(tmap, dtype=dtype)
-    return t.to_sparse() if (t != 0).sum() < 0.1 * t.numel() else t
+    t = t.to_sparse() if (t != 0).sum() < 0.1 * t.numel() else t
+    return t if device is None else t.to(device)
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t[index]`` (n, k, ...); a view when ``index`` is every row in order (most producers): a 4096-channel
+    layer is then not copied whole before the update."""
+    if index.shape[1] == 1 and index.shape[0] == t.shape[0] and torch.equal(index[:, 0], torch.arange(t.shape[0])):
+        return t.unsqueeze(1)
+    return t[index]
 
 
 def _apply(tmap: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

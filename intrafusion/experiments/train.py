@@ -6,8 +6,9 @@
   model are seeded.
 * :func:`fine_tune` -- the same loop on a *copy* of a (pruned) model, on the bundled train split, with a
   pre-training "epoch 0" entry so a recovery curve starts where pruning left the model.
-* :func:`train_zoo_model` -- what ``python -m intrafusion train`` runs: build, train, save as safetensors
-  and upsert the entry in the zoo manifest (see :mod:`intrafusion.models.zoo` for its format).
+* :func:`~.train_zoo.train_zoo_model` (in :mod:`.train_zoo`, importable from here too) -- what
+  ``python -m intrafusion train`` runs: build, train, save as safetensors and upsert the entry in a manifest
+  (see :mod:`intrafusion.models.zoo` for its format).
 
 Zoo models are trained with the augmentation of :data:`ZOO_AUGMENTATION` for their dataset (random
 2-pixel shifts; flips for the animals; none for the flattened 8x8 digits), so the one training command
@@ -17,24 +18,20 @@ of a manifest entry rebuilds its model. See ``docs/ZOO.md`` for the accuracies r
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from ..data import ASSETS_DIR, Preprocessing, get_info, load_dataset
-from ..evaluate import count_macs_params, evaluate
-from ..models.architectures import ArchConfig, build_model
-from ..models.checkpoint import save_model, sha256_file, write_atomic
+from ..data import Preprocessing, load_dataset
+from ..evaluate import evaluate
 
 __all__ = [
     "AUGMENTATIONS",
@@ -42,13 +39,8 @@ __all__ = [
     "EpochResult",
     "TrainHistory",
     "ZOO_AUGMENTATION",
-    "default_model_id",
-    "describe_config",
     "fine_tune",
     "train",
-    "train_command",
-    "train_zoo_model",
-    "zoo_arch_config",
 ]
 
 #: Learning-rate schedules of :func:`train`.
@@ -285,24 +277,13 @@ def train(
         For a negative number of epochs, a non-positive learning rate or batch size, an unknown schedule,
         or an empty training set.
     """
-    if int(epochs) != epochs or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if not lr > 0:
-        raise ValueError(f"the learning rate must be positive, got {lr}")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    augment = augment or "none"
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    augment = _check_train_args(epochs, lr, batch_size, schedule, augment)
     epochs, batch_size = int(epochs), int(batch_size)
     x, y = _tensors(train_set)
     if len(x) == 0:
         raise ValueError("the training set is empty")
     if augment != "none" and x.dim() != 4:
         raise ValueError(f"augmentation {augment!r} needs image inputs (N, C, H, W), got shape {tuple(x.shape)}")
-    fill = x.amin(dim=(0, 2, 3)) if augment != "none" else None
     x_test, y_test = _tensors(test_set) if test_set is not None else (None, None)
 
     def test_accuracy() -> tuple[float, float]:
@@ -313,12 +294,13 @@ def train(
         return acc, time.perf_counter() - t0
 
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     for p in model.parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.SGD(list(model.parameters()), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps_per_epoch = len(_batches(len(x), batch_size, torch.Generator().manual_seed(0)))
-    total_steps = epochs * steps_per_epoch
+    loop = _Loop(model, optimizer, x, y, x.amin(dim=(0, 2, 3)) if augment != "none" else None, augment,
+                 torch.Generator().manual_seed(seed), lr, schedule, batch_size, epochs * steps_per_epoch,
+                 should_stop)
     history = TrainHistory()
 
     def record(result: EpochResult) -> None:
@@ -330,56 +312,95 @@ def train(
         loss0, acc0 = _eval_loss_accuracy(model, x, y)
         t_acc, t_sec = test_accuracy()
         record(EpochResult(0, loss0, acc0, t_acc, 0.0, t_sec, 0.0, 0))
-
-    bar = None
-    if progress and total_steps:
+    if progress and loop.total_steps:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, desc="train", unit="batch", leave=True)
-    step = 0
+        loop.bar = tqdm(total=loop.total_steps, desc="train", unit="batch", leave=True)
     try:
         for epoch in range(1, epochs + 1):
-            model.train()
             t0 = time.perf_counter()
-            loss_sum, correct, seen, done, current_lr, stop = 0.0, 0, 0, 0, lr, False
-            for idx in _batches(len(x), batch_size, generator):
-                current_lr = _lr_at(step, total_steps, lr, schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = current_lr
-                xb, yb = x[idx], y[idx]
-                if fill is not None:
-                    xb = _augment(xb, augment, fill, generator)
-                out = model(xb)
-                loss = F.cross_entropy(out, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                done += 1
-                loss_sum += float(loss.detach()) * len(idx)
-                correct += int((out.detach().argmax(1) == yb).sum())
-                seen += len(idx)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{100.0 * correct / seen:.1f}")
-                if should_stop is not None and should_stop():
-                    stop = True
-                    break
+            loss_sum, correct, seen, done, current_lr, stop = _one_epoch(loop, epoch)
             seconds = time.perf_counter() - t0
             model.eval()
             t_acc, t_sec = test_accuracy()
             record(EpochResult(epoch, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), t_acc, seconds,
                                t_sec, current_lr, seen))
-            if bar is not None:
-                bar.set_postfix(epoch=epoch, loss=f"{loss_sum / max(seen, 1):.3f}", test=f"{t_acc:.2f}")
+            if loop.bar is not None:
+                loop.bar.set_postfix(epoch=epoch, loss=f"{loss_sum / max(seen, 1):.3f}", test=f"{t_acc:.2f}")
             if stop:
                 history.stopped_early = epoch < epochs or done < steps_per_epoch
                 break
     finally:
-        if bar is not None:
-            bar.close()
+        if loop.bar is not None:
+            loop.bar.close()
         model.eval()
     return history
+
+
+def _check_train_args(epochs, lr: float, batch_size, schedule: str, augment: str | None) -> str:
+    """ValueError for a bad argument of :func:`train`; returns the augmentation (``None`` means ``'none'``)."""
+    if int(epochs) != epochs or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if not lr > 0:
+        raise ValueError(f"the learning rate must be positive, got {lr}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    augment = augment or "none"
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    return augment
+
+
+@dataclass
+class _Loop:
+    """What the epochs of one :func:`train` call share; ``step`` counts batches over all epochs (the schedule)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    x: torch.Tensor
+    y: torch.Tensor
+    fill: torch.Tensor | None  # background value per channel for shifted images; None without augmentation
+    augment: str
+    generator: torch.Generator  # shuffling and augmentation, seeded once per call
+    lr: float
+    schedule: str
+    batch_size: int
+    total_steps: int
+    should_stop: Callable[[], bool] | None
+    bar: Any = None
+    step: int = 0
+
+
+def _one_epoch(loop: _Loop, epoch: int) -> tuple[float, int, int, int, float, bool]:
+    """One pass of SGD over the shuffled batches: ``(loss sum, correct, samples seen, batches done, last lr,
+    stopped)``; the learning rate follows the schedule per batch."""
+    loop.model.train()
+    loss_sum, correct, seen, done, current_lr = 0.0, 0, 0, 0, loop.lr
+    for idx in _batches(len(loop.x), loop.batch_size, loop.generator):
+        current_lr = _lr_at(loop.step, loop.total_steps, loop.lr, loop.schedule)
+        for group in loop.optimizer.param_groups:
+            group["lr"] = current_lr
+        xb, yb = loop.x[idx], loop.y[idx]
+        if loop.fill is not None:
+            xb = _augment(xb, loop.augment, loop.fill, loop.generator)
+        out = loop.model(xb)
+        loss = F.cross_entropy(out, yb)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loop.step += 1
+        done += 1
+        loss_sum += float(loss.detach()) * len(idx)
+        correct += int((out.detach().argmax(1) == yb).sum())
+        seen += len(idx)
+        if loop.bar is not None:
+            loop.bar.update(1)
+            loop.bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{100.0 * correct / seen:.1f}")
+        if loop.should_stop is not None and loop.should_stop():
+            return loss_sum, correct, seen, done, current_lr, True
+    return loss_sum, correct, seen, done, current_lr, False
 
 
 def fine_tune(
@@ -443,200 +464,14 @@ def fine_tune(
     return work, history
 
 
-# --------------------------------------------------------------------------------------------------
-# The zoo
-# --------------------------------------------------------------------------------------------------
+# The zoo writer (train_zoo_model and its helpers) lives in .train_zoo; these names stay importable from here.
+_ZOO_NAMES = frozenset({"DEFAULT_TRAIN_DIR", "default_model_id", "describe_config", "train_command",
+                        "train_zoo_model", "zoo_arch_config", "_write_manifest"})
 
 
-def default_model_id(arch: str, dataset: str) -> str:
-    """``f"{arch}-{dataset}"``, e.g. ``vgg11_bn-mnist5k``."""
-    return f"{arch}-{dataset}"
+def __getattr__(name: str):
+    if name in _ZOO_NAMES:
+        from . import train_zoo
 
-
-def zoo_arch_config(arch: str, width: float, dataset: str) -> ArchConfig:
-    """The architecture of a zoo model of ``arch`` at ``width`` for ``dataset``.
-
-    VGG11-BN and ResNet18 get the dataset's classes and input channels; ``width`` scales every conv layer
-    (VGG11 at width 0.25: 16, 32, 64, 64, 128, 128, 128, 128 channels). The MLP takes the flattened
-    input (``in_features`` = channels x size x size of the preprocessing: 64 for ``digits8x8``) and has
-    two hidden layers of ``(64, 32)`` scaled by ``width`` (width 2: 128 and 64 neurons), no BatchNorm.
-    """
-    info = get_info(dataset)
-    pre = info.preprocessing
-    if arch == "mlp":
-        return ArchConfig(arch="mlp", width=width, num_classes=info.num_classes, in_channels=pre.channels,
-                          in_features=int(math.prod(pre.input_shape)))
-    return ArchConfig(arch=arch, width=width, num_classes=info.num_classes, in_channels=pre.channels)
-
-
-def describe_config(config: ArchConfig) -> str:
-    """One line, e.g. 'VGG11-BN, width 0.25 (conv channels 16-128)'."""
-    model = build_model(config)
-    if config.arch == "mlp":
-        return (f"MLP {config.in_features or 64}-{'-'.join(str(h) for h in model.hidden)}-{config.num_classes}, "
-                f"width {config.width:g}")
-    name = "VGG11-BN" if config.arch == "vgg11_bn" else "ResNet18"
-    chans = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return f"{name}, width {config.width:g} (conv channels {min(chans)}-{max(chans)})"
-
-
-def train_command(arch: str, width: float, dataset: str, epochs: int, seed: int = 0, model_id: str | None = None,
-                  out_dir: str | os.PathLike | None = None, lr: float = _DEFAULT_LR,
-                  batch_size: int = _DEFAULT_BATCH, augment: str | None = None) -> str:
-    """The ``python -m intrafusion train ...`` line that runs :func:`train_zoo_model` with these arguments.
-
-    ``--id`` appears only for a non-default id, ``--out`` only outside the bundled zoo folder, ``--augment``
-    only when it differs from the dataset's :data:`ZOO_AUGMENTATION`.
-    """
-    from ..models.zoo import MODELS_DIR
-
-    cmd = (f"python -m intrafusion train --arch {arch} --width {width:g} --dataset {dataset} --epochs {epochs} "
-           f"--seed {seed} --lr {lr:g} --batch-size {batch_size}")
-    if model_id is not None and model_id != default_model_id(arch, dataset):
-        cmd += f" --id {model_id}"
-    if augment is not None and augment != ZOO_AUGMENTATION.get(dataset, "none"):
-        cmd += f" --augment {augment}"
-    if out_dir is not None and Path(out_dir).resolve() != MODELS_DIR.resolve():
-        cmd += f" --out {shlex.quote(str(Path(out_dir)))}"
-    return cmd
-
-
-def _split_text(dataset: str) -> str:
-    info = get_info(dataset)
-    if info.source != "bundled":
-        return f"torchvision train/test ({info.train_size} / {info.test_size})"
-    seed = ""
-    try:
-        seed = json.loads((ASSETS_DIR / "manifest.json").read_text())["split"]["seed"]
-    except (OSError, KeyError, ValueError):
-        pass
-    return (f"bundled stratified 80/20 split: train {info.train_size} / test {info.test_size}"
-            + (f" (numpy default_rng({seed}))" if seed != "" else ""))
-
-
-def _write_manifest(out_dir: Path, entry: dict) -> Path:
-    """Insert or replace ``entry`` (by id) in ``out_dir/manifest.json``; sorted keys, indent 2, atomic."""
-    path = out_dir / "manifest.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    models = list(data.get("models", []))
-    for i, m in enumerate(models):
-        if m.get("id") == entry["id"]:
-            models[i] = entry
-            break
-    else:
-        models.append(entry)
-    data["models"] = models
-    data.setdefault("about", "Bundled Intra-Fusion Explorer models; `command` rebuilds each file "
-                             "(see docs/ZOO.md). Checksums (sha256) are verified on load.")
-    write_atomic(path, (json.dumps(data, sort_keys=True, indent=2) + "\n").encode())
-    return path
-
-
-def _best_eval_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        evaluate(model, x, y)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def train_zoo_model(
-    arch: str,
-    width: float,
-    dataset: str,
-    epochs: int,
-    seed: int = 0,
-    model_id: str | None = None,
-    out_dir: str | os.PathLike | None = None,
-    lr: float = _DEFAULT_LR,
-    batch_size: int = _DEFAULT_BATCH,
-    progress: bool = True,
-    augment: str | None = None,
-) -> dict:
-    """Train a model from scratch, save it as safetensors and register it in the zoo manifest.
-
-    This is ``python -m intrafusion train --arch A --width W --dataset D --epochs N --seed S``.
-
-    Parameters
-    ----------
-    arch : {'vgg11_bn', 'resnet18', 'mlp'}
-    width : float
-        Width multiplier, see :func:`zoo_arch_config`.
-    dataset : str
-        A key of :data:`intrafusion.data.DATASETS`; the model uses its default preprocessing.
-    epochs : int
-    seed : int, default 0
-        Seeds the initialisation (``torch.manual_seed`` before building) and the training order.
-    model_id : str, optional
-        Default ``f"{arch}-{dataset}"``; the file is ``{model_id}.safetensors``.
-    out_dir : path, optional
-        Folder of the weights and ``manifest.json`` (default: the bundled zoo, ``assets/models``).
-    lr : float, default 0.05
-    batch_size : int, default 128
-    progress : bool, default True
-        tqdm progress bar on stderr.
-    augment : {'none', 'shift', 'shift+flip'}, optional
-        Default: the dataset's :data:`ZOO_AUGMENTATION`.
-
-    Returns
-    -------
-    dict
-        The manifest entry written (fields of :class:`intrafusion.models.zoo.ZooEntry`).
-    """
-    from ..models import zoo
-
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    model_id = model_id or default_model_id(arch, dataset)
-    if not model_id or any(c in model_id for c in "/\\ ") or model_id.startswith("."):
-        raise ValueError(f"invalid model id {model_id!r}: use letters, digits, '-', '_' and '.'")
-    out = Path(out_dir) if out_dir is not None else zoo.MODELS_DIR
-    aug = augment if augment is not None else ZOO_AUGMENTATION.get(dataset, "none")
-    config = zoo_arch_config(arch, width, dataset)
-    pre = get_info(dataset).preprocessing
-    train_set = load_dataset(dataset, "train", preprocessing=pre)
-    test_set = load_dataset(dataset, "test", preprocessing=pre)
-
-    torch.manual_seed(seed)
-    model = build_model(config)
-    history = train(model, train_set, test_set, epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
-                    augment=aug)
-    x_test, y_test = test_set.tensors
-    accuracy = evaluate(model, x_test, y_test).accuracy
-    eval_seconds = _best_eval_seconds(model, x_test, y_test)
-    macs, params = count_macs_params(copy.deepcopy(model), torch.zeros((1, *pre.input_shape)))
-
-    file = out / f"{model_id}.safetensors"
-    save_model(model, config, file, metadata={"dataset": dataset, "preprocessing": pre.to_dict(),
-                                              "test_accuracy": accuracy, "id": model_id})
-    info = get_info(dataset)
-    entry = {
-        "id": model_id,
-        "file": file.name,
-        "sha256": sha256_file(file),
-        "arch_config": config.to_dict(),
-        "dataset": dataset,
-        "preprocessing": pre.to_dict(),
-        "split": _split_text(dataset),
-        "epochs": int(epochs),
-        "seed": int(seed),
-        "optimizer": {"name": "SGD", "lr": lr, "momentum": _MOMENTUM, "weight_decay": _WEIGHT_DECAY,
-                      "nesterov": False, "schedule": "cosine (per batch)", "batch_size": batch_size,
-                      "augmentation": aug, "loss": "cross-entropy"},
-        "test_accuracy": accuracy,
-        "params": params,
-        "macs": macs,
-        "size_bytes": file.stat().st_size,
-        "train_seconds_per_epoch": round(history.seconds_per_epoch, 3),
-        "eval_seconds": round(eval_seconds, 4),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__.split("+")[0],
-        "command": train_command(arch, width, dataset, epochs, seed, model_id, out_dir, lr, batch_size, aug),
-        "description": f"{describe_config(config)}, trained {epochs} epochs from scratch on {info.name} "
-                       f"({info.train_size} train images); {accuracy:.2f}% on its {info.test_size} test images",
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    _write_manifest(out, entry)
-    zoo._load_verified.cache_clear()
-    return entry
+        return getattr(train_zoo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -167,11 +167,21 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
     ValueError
         One sentence when they cannot be had (offline), naming the way out: a weights file.
     """
+    import contextlib
+    import io
+    import sys
+
     import torchvision
 
     weights = torchvision.models.get_model_weights(name).DEFAULT
+    note = io.StringIO()
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
+        # torch.hub prints "Downloading: URL" to stdout even without progress: held back, so the offline case
+        # stays one sentence (and stdout stays clean for --json); shown on stderr once the download worked
+        with contextlib.redirect_stdout(note), contextlib.redirect_stderr(note):
+            state_dict = weights.get_state_dict(progress=False, check_hash=True)
+        sys.stderr.write(note.getvalue())
+        return state_dict
     except Exception as exc:  # URLError, socket errors, HTTP errors: all mean "not reachable from here"
         raise ValueError(
             f"torchvision's pretrained weights for {name} cannot be downloaded here ({type(exc).__name__}: the "

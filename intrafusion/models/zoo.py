@@ -17,24 +17,33 @@ import torch
 from torch import nn
 
 from ..data import DATASETS, Preprocessing, get_info
-from .architectures import ArchConfig
+from .architectures import ArchConfig, build_model
 from .checkpoint import CheckpointError, load_model, sha256_file
+from .torchvision_archs import IMAGENET_MEAN, IMAGENET_STD, PREFIX, pretrained_state_dict, torchvision_name
 
 __all__ = [
     "MODELS_DIR",
     "DEFAULT_MODEL",
+    "IMAGENET",
+    "IMAGENET_PREPROCESSING",
     "LoadedModel",
     "ZooEntry",
     "check_fits",
     "example_inputs",
     "get_entry",
     "list_models",
+    "load_pretrained",
     "load_zoo_model",
     "resolve_model",
 ]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "models"
 DEFAULT_MODEL = "vgg11_bn-mnist5k"
+#: Dataset name of torchvision's pretrained models (ImageNet is not bundled: groups, plans, fusion and export
+#: work on them, evaluation needs the data).
+IMAGENET = "imagenet"
+#: torchvision's ImageNet inputs: 224 x 224 RGB normalised with ImageNet's mean and std.
+IMAGENET_PREPROCESSING = Preprocessing(size=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 @dataclass(frozen=True)
@@ -147,15 +156,18 @@ def example_inputs(preprocessing: Preprocessing, batch: int = 1) -> torch.Tensor
 
 
 def resolve_model(spec: str, arch: str | None = None, dataset: str | None = None) -> LoadedModel:
-    """A bundled model id, or a checkpoint file (safetensors, or a torch file loaded with weights_only).
+    """A bundled model id, a checkpoint file (safetensors, or a torch file loaded with weights_only), or
+    ``torchvision:NAME`` for torchvision's pretrained ImageNet weights (:func:`load_pretrained`; online only).
 
     For a checkpoint, the architecture comes from its safetensors metadata (files saved by this project) or
     from ``arch`` plus the shapes; the dataset (and so the preprocessing contract) from the metadata or
     ``dataset``.
     """
     path = Path(spec)
-    if not path.exists() and not path.suffix:
-        return load_zoo_model(spec)
+    if not path.exists() and isinstance(spec, str) and spec.startswith(PREFIX):
+        return load_pretrained(spec, dataset)
+    if not path.exists() and (not path.suffix or spec in {e.id for e in list_models()}):
+        return load_zoo_model(spec)  # ids may contain dots (resnet18_w0.5-mnist5k)
     if not path.exists():
         raise CheckpointError(f"checkpoint {spec} does not exist (and is no bundled model id)")
     config = None
@@ -176,6 +188,45 @@ def resolve_model(spec: str, arch: str | None = None, dataset: str | None = None
         p.requires_grad_(False)
     check_fits(model, ds, preprocessing)
     return LoadedModel(model.eval(), config, ds, preprocessing, path.name)
+
+
+def load_pretrained(arch: str, dataset: str | None = None) -> LoadedModel:
+    """torchvision's pretrained ImageNet model ``arch`` (``'torchvision:resnet18'``, ...), with no weights file.
+
+    The weights are torchvision's default ones, downloaded into torch's cache the first time (online only).
+
+    Parameters
+    ----------
+    arch : str
+        ``'torchvision:NAME'`` with NAME one of :data:`.torchvision_archs.TORCHVISION_ARCHS`.
+    dataset : str, optional
+        Must be None (or a dataset of 1,000 classes): the pretrained classifier has ImageNet's 1,000 outputs.
+        The model's dataset is :data:`IMAGENET` with :data:`IMAGENET_PREPROCESSING` (224 x 224 inputs).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, a dataset that is not ImageNet-sized, or (one sentence) when the weights cannot
+        be downloaded because the machine is offline.
+    """
+    name = torchvision_name(arch)
+    if name is None:
+        raise ValueError(f"{arch!r} is not a torchvision architecture (write {PREFIX}NAME)")
+    if dataset is not None and dataset != IMAGENET:
+        info = get_info(dataset)
+        if info.num_classes != 1000:
+            raise ValueError(
+                f"torchvision's pretrained {name} classifies ImageNet's 1000 classes, but {info.name} has "
+                f"{info.num_classes}: give weights trained on it instead, e.g. `python -m intrafusion groups FILE "
+                f"--arch {arch} --dataset {dataset}`"
+            )
+    state_dict = pretrained_state_dict(name)  # ValueError, one sentence, when offline
+    config = ArchConfig(arch, num_classes=1000, in_channels=3)
+    model = build_model(config)
+    model.load_state_dict(state_dict)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(model.eval(), config, IMAGENET, IMAGENET_PREPROCESSING, arch)
 
 
 def _output_classes(model: nn.Module, preprocessing: Preprocessing) -> tuple[int | None, str]:

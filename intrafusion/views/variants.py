@@ -43,6 +43,7 @@ __all__ = [
     "rows_to_csv",
     "rows_table",
     "setting_differences",
+    "uses_data",
     "variant_curves",
     "with_setting",
 ]
@@ -145,10 +146,29 @@ class CellRow:
     eval_seconds: float
     distances: np.ndarray | None = field(default=None, repr=False)
 
+    @property
+    def uses_data(self) -> bool:
+        """True when the repair read training images (the ``data`` repair; never their labels)."""
+        return uses_data(self.repair)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("distances")
+        d["uses_data"] = self.uses_data
         return d
+
+
+def uses_data(repair: str | None) -> bool:
+    """Whether a repair kind reads real training images (only ``data``: the upper bound the others are measured
+    against). Read from :class:`intrafusion.core.repair.RepairOptions` when the library has it."""
+    if repair in (None, "none"):
+        return False
+    try:
+        from ..core.repair import RepairOptions
+
+        return bool(RepairOptions(repair).uses_data)
+    except (ImportError, TypeError, ValueError):
+        return repair == "data"
 
 
 def prune_variant(model: nn.Module, example_inputs: torch.Tensor, groups, sparsity: float, variant: Variant,
@@ -304,8 +324,9 @@ def accuracy_grid(rows: Iterable[CellRow], groups: Sequence, sparsities: Sequenc
     return grid
 
 
-_FIELDS = ("group", "n", "sparsity", "kept", "label", "setting", "method", "normalization", "repair", "criterion",
-           "accuracy", "logit_distance", "agreement", "params", "macs", "latency_ms", "seconds", "eval_seconds")
+_FIELDS = ("group", "n", "sparsity", "kept", "label", "setting", "method", "normalization", "repair", "uses_data",
+           "criterion", "accuracy", "logit_distance", "agreement", "params", "macs", "latency_ms", "seconds",
+           "eval_seconds")
 
 
 def rows_table(rows: Iterable[CellRow]) -> list[dict]:

@@ -1,0 +1,105 @@
+"""``reproduce --workers N``: the sections of every model as parallel tasks, with the serial run's rows.
+
+A task is one model and one *chain* of sections: a section that reads what an earlier one left in the model
+context runs after it in the same task (output preservation reads the data-free section's per-sample
+distances); every other section is a task of its own, so even a single model's run is split over the
+workers. Each task builds its own :class:`.context.ModelContext` (a few seconds of set-up, repeated per
+task) and runs with the run's thread count. Rows are put back in the serial order (model by model, section
+by section), so the tables equal the serial run's apart from timings.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+from ...parallel import map_tasks
+from .context import ModelContext
+from .sections import SECTIONS
+from .settings import Settings
+
+__all__ = ["DEPENDS_ON", "chains", "run_models_parallel"]
+
+#: section -> the earlier section whose context it reads (they run in one task, in list order).
+DEPENDS_ON = {"output_preservation": "datafree"}
+
+
+def chains(sections=None) -> list[list[str]]:
+    """Section names grouped into chains that must share a context, in list order."""
+    sections = SECTIONS if sections is None else sections
+    out: list[list[str]] = []
+    where: dict[str, list[str]] = {}
+    for s in sections:
+        parent = DEPENDS_ON.get(s.name)
+        chain = where.get(parent) if parent else None
+        if chain is None:
+            chain = []
+            out.append(chain)
+        chain.append(s.name)
+        where[s.name] = chain
+    return out
+
+
+def _run_chain(task: tuple[str, tuple[str, ...]], shared: dict) -> dict:
+    """One task: build the model context and run the chain's sections on it."""
+    model_id, names = task
+    torch.set_num_threads(shared["threads"])  # the serial run's thread count: the same arithmetic
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    ctx = ModelContext(model_id, shared["settings"], False)
+    setup = time.perf_counter() - t0
+    tables: dict[str, dict[str, list[dict]]] = {}
+    by_name = {s.name: s for s in SECTIONS}
+    for name in names:
+        tables[name] = by_name[name].run(ctx)
+    return {"model": model_id, "sections": names, "tables": tables, "info": ctx.info(), "setup": setup,
+            "wall": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
+
+
+def run_models_parallel(ids: Sequence[str], settings: Settings, tables: dict[str, list[dict]], workers: int,
+                        address: str | None = None, progress: bool = True) -> list[dict]:
+    """Every section of every model in ``ids`` on ``workers`` Ray workers; rows appended to ``tables`` in the
+    serial order. Returns one info per model (as ``_run_model`` does), its timing merged over its tasks."""
+    from .run import _sweep_timing
+
+    tasks = [(m, tuple(chain)) for m in ids for chain in chains()]
+    # Longest first: tasks are handed out in this order, so a long section does not start last.
+    order = sorted(range(len(tasks)), key=lambda i: _expected_share(tasks[i][1]), reverse=True)
+    shared = {"settings": settings, "threads": torch.get_num_threads()}
+    results: dict[int, dict] = {}
+    done = map_tasks(_run_chain, [tasks[i] for i in order], workers=workers, address=address, shared=shared,
+                     ordered=False, progress="reproduce" if progress else None)
+    for k, res in done:
+        results[order[k]] = res
+    infos = []
+    for m in ids:
+        parts = [results[i] for i, t in enumerate(tasks) if t[0] == m]
+        per_section = {name: res["tables"][name] for res in parts for name in res["sections"]}
+        for section in SECTIONS:
+            for name, rows in per_section.get(section.name, {}).items():
+                tables[name] += rows
+        info = parts[0]["info"]
+        for res in parts[1:]:
+            info["timing"].update(res["info"]["timing"])
+            info["fast_eval"].update(res["info"]["fast_eval"])
+            info["importance_seconds"].update(res["info"]["importance_seconds"])
+        info["timing"]["setup"] = {"wall_seconds": max(r["setup"] for r in parts), "tasks": len(parts)}
+        info["timing"]["total"] = {"wall_seconds": max(r["wall"] for r in parts),
+                                   "cpu_seconds": sum(r["cpu"] for r in parts), "workers": workers}
+        info["timing"]["tasks"] = [{"sections": list(r["sections"]), "wall_seconds": round(r["wall"], 3),
+                                    "cpu_seconds": round(r["cpu"], 3), "setup_seconds": round(r["setup"], 3)}
+                                   for r in parts]
+        tables["sweep_timing"] += _sweep_timing(m, info["timing"])
+        if progress:
+            print(f"{m}: done ({len(parts)} tasks on {workers} workers)", file=sys.stderr)
+        infos.append(info)
+    return infos
+
+
+def _expected_share(names: tuple[str, ...]) -> float:
+    """Rough relative cost of a chain (from measured full runs), for handing out long tasks first."""
+    cost = {"datafree": 35.0, "output_preservation": 0.5, "finetune": 31.0, "repair": 40.0, "ablations": 11.0,
+            "speed": 3.0}
+    return sum(cost.get(n, 10.0) for n in names)
