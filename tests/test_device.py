@@ -83,3 +83,36 @@ def test_evaluate_device_cpu_equals_default():
     assert a.accuracy == b.accuracy and (a.correct == b.correct).all()
     with pytest.raises(ValueError, match="unknown device"):
         evaluate(loaded.model, x, y, device="tpu")
+
+
+def _train_once(device):
+    from intrafusion.experiments.train import train
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(96, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    history = train(model, (x, y), (x, y), 20, lr=0.1, batch_size=32, seed=0, device=device)
+    return model, history
+
+
+def test_train_on_cpu_device_equals_default_and_model_stays_home():
+    a, ha = _train_once("cpu")
+    b, hb = _train_once(None)  # None = auto: the CPU on a machine without CUDA
+    if torch.cuda.is_available():
+        pytest.skip("auto picks CUDA here: compared within tolerance by the CUDA test")
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert [e.test_accuracy for e in ha.epochs] == [e.test_accuracy for e in hb.epochs]
+    assert ha.epochs[-1].test_accuracy > 70.0  # it learned: the majority class alone gives 50%
+    assert all(p.device.type == "cpu" for p in a.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: CUDA-vs-CPU training not comparable")
+def test_train_on_cuda_close_to_cpu_and_returns_model_home():
+    a, ha = _train_once("cpu")
+    b, hb = _train_once("cuda")
+    assert all(p.device.type == "cpu" for p in b.parameters())
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-4)

@@ -11,7 +11,8 @@ def cmd_train(args) -> int:
     from ..experiments.train_zoo import train_zoo_model
 
     entry = train_zoo_model(args.arch, args.width, args.dataset, args.epochs, seed=args.seed, model_id=args.id,
-                            out_dir=args.out, lr=args.lr, batch_size=args.batch_size, progress=not args.quiet)
+                            out_dir=args.out, lr=args.lr, batch_size=args.batch_size, progress=not args.quiet,
+                            device=args.device)
     print(json.dumps({k: entry[k] for k in ("id", "file", "test_accuracy", "sha256") if k in entry}))
     return 0
 
@@ -29,3 +30,5 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="folder for the weights and its manifest.json (default: ./my_models); a bundled "
                    "checkpoint is never overwritten")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to train: auto = CUDA when torch sees a GPU (default), else the CPU")

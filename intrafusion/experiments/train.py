@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from ..data import Preprocessing, load_dataset
+from ..device import model_device, resolve_device
 from ..evaluate import evaluate
 
 __all__ = [
@@ -195,11 +196,11 @@ def _augment(xb: torch.Tensor, how: str, fill: torch.Tensor, generator: torch.Ge
     out = torch.empty_like(xb)
     for dy in range(2 * s + 1):
         for dx in range(2 * s + 1):
-            sel = ((oy == dy) & (ox == dx)).nonzero().flatten()
+            sel = ((oy == dy) & (ox == dx)).nonzero().flatten().to(xb.device)
             if len(sel):
                 out[sel] = padded[sel, :, dy : dy + h, dx : dx + w]
     if how == "shift+flip":
-        flip = torch.rand(n, generator=generator) < 0.5
+        flip = (torch.rand(n, generator=generator) < 0.5).to(xb.device)
         out[flip] = out[flip].flip(-1)
     return out
 
@@ -232,6 +233,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     eval_before: bool = False,
     augment: str = "none",
+    device: str | torch.device | None = "cpu",
 ) -> TrainHistory:
     """Train ``model`` in place with SGD and return its per-epoch history.
 
@@ -266,6 +268,9 @@ def train(
         Image augmentation of the training batches (image inputs ``(N, C, H, W)`` only): a random
         translation by up to 2 pixels in each direction (the background, the smallest input value of each
         channel, fills in), and with ``shift+flip`` a random horizontal flip.
+    device : {'cpu', 'cuda', 'auto'} or torch.device, default 'cpu'
+        Where the batches run (``auto``: CUDA when torch sees one); the model is moved back to its own
+        device before returning.
 
     Returns
     -------
@@ -285,6 +290,13 @@ def train(
     if augment != "none" and x.dim() != 4:
         raise ValueError(f"augmentation {augment!r} needs image inputs (N, C, H, W), got shape {tuple(x.shape)}")
     x_test, y_test = _tensors(test_set) if test_set is not None else (None, None)
+    # Train where asked (``auto``: CUDA when present); the model goes back to its own device at the end, so a
+    # caller that saves or prunes it afterwards never sees GPU tensors it did not ask for.
+    dev, home = resolve_device(device), model_device(model)
+    model.to(dev)
+    x, y = x.to(dev), y.to(dev)
+    if x_test is not None:
+        x_test, y_test = x_test.to(dev), y_test.to(dev)
 
     def test_accuracy() -> tuple[float, float]:
         if x_test is None:
@@ -334,6 +346,7 @@ def train(
         if loop.bar is not None:
             loop.bar.close()
         model.eval()
+        model.to(home)
     return history
 
 
@@ -382,6 +395,7 @@ def _one_epoch(loop: _Loop, epoch: int) -> tuple[float, int, int, int, float, bo
         current_lr = _lr_at(loop.step, loop.total_steps, loop.lr, loop.schedule)
         for group in loop.optimizer.param_groups:
             group["lr"] = current_lr
+        idx = idx.to(loop.x.device)
         xb, yb = loop.x[idx], loop.y[idx]
         if loop.fill is not None:
             xb = _augment(xb, loop.augment, loop.fill, loop.generator)
@@ -420,6 +434,7 @@ def fine_tune(
     should_stop: Callable[[], bool] | None = None,
     augment: str = "none",
     root: str | os.PathLike | None = None,
+    device: str | torch.device | None = "cpu",
 ) -> tuple[nn.Module, TrainHistory]:
     """Fine-tune a copy of a (pruned) model on its dataset's train split.
 
@@ -435,7 +450,7 @@ def fine_tune(
         Fine-tuning epochs (a few recover most of the accuracy lost to pruning).
     lr : float, default 0.01
         Peak learning rate (lower than from-scratch training).
-    momentum, weight_decay, batch_size, seed, schedule, on_epoch, progress, should_stop, augment
+    momentum, weight_decay, batch_size, seed, schedule, on_epoch, progress, should_stop, augment, device
         As in :func:`train`.
     root : path, optional
         Data folder for torchvision datasets.
@@ -460,7 +475,7 @@ def fine_tune(
     test_set = load_dataset(dataset_id, "test", root=root, preprocessing=preprocessing)
     history = train(work, train_set, test_set, epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     batch_size=batch_size, seed=seed, schedule=schedule, on_epoch=on_epoch, progress=progress,
-                    should_stop=should_stop, eval_before=True, augment=augment)
+                    should_stop=should_stop, eval_before=True, augment=augment, device=device)
     return work, history
 
 

@@ -146,6 +146,7 @@ def train_zoo_model(
     progress: bool = True,
     augment: str | None = None,
     overwrite_bundled: bool = False,
+    device: str | None = "cpu",
 ) -> dict:
     """Train a model from scratch, save it as safetensors and register it in the zoo manifest.
 
@@ -203,6 +204,7 @@ def train_zoo_model(
     torch.manual_seed(seed)
     model = build_model(config)
     history = train(model, train_set, test_set, epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
+                    device=device,
                     augment=aug)
     x_test, y_test = test_set.tensors
     accuracy = evaluate(model, x_test, y_test).accuracy
