@@ -7,19 +7,24 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["add_command", "apply_threads", "model_args", "load_model", "eval_data", "taylor_batches",
+__all__ = ["add_command", "apply_threads", "at_least_one", "model_args", "load_model", "eval_data", "taylor_batches",
            "sample_count"]
 
 
-def _thread_count(text: str) -> int:
-    """argparse type of --threads: a whole number of torch threads, at least 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--threads takes a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be at least 1, got {n}; leave it out for torch's default")
-    return n
+def at_least_one(option: str, hint: str = ""):
+    """argparse type for ``option``: a whole number, at least 1 (``hint`` is added to the refusal)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} takes a whole number, got {text!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be at least 1, got {n}{hint}")
+        return n
+    return parse
+
+
+_thread_count = at_least_one("--threads", "; leave it out for torch's default")
 
 
 def add_command(subparsers, name: str, func: Callable[[argparse.Namespace], int], help: str,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from ._common import add_command, eval_data, load_model, model_args, sample_count, taylor_batches
+from ._common import add_command, at_least_one, eval_data, load_model, model_args, sample_count, taylor_batches
 
 
 def cmd_sweep(args) -> int:
@@ -90,15 +89,7 @@ def format_table(rows, name: str, base_accuracy: float, criterion: str) -> str:
     return "\n".join(lines)
 
 
-def _workers(text: str) -> int:
-    """argparse type of --workers: a whole number, at least 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--workers takes a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--workers must be at least 1, got {n}")
-    return n
+_workers = at_least_one("--workers")
 
 
 def register(subparsers) -> None:
