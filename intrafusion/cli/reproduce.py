@@ -12,12 +12,15 @@ def cmd_reproduce(args) -> int:
     # One torch thread unless --threads says otherwise: the run is many small operations, and on shared cores
     # extra OpenMP threads mostly wait at barriers (see run_reproduction).
     summary = run_reproduction(models=args.model, out_dir=args.out, quick=args.quick, progress=not args.quiet,
-                               threads=args.threads or 1, workers=args.workers, address=args.address)
+                               threads=args.threads or 1, workers=args.workers, address=args.address,
+                               device=args.device)
     print(terminal_summary(summary, args.out))
     return 0
 
 
 def register(subparsers) -> None:
+    from ..device import DEVICES
+
     p = add_command(subparsers, "reproduce", cmd_reproduce,
                     "reproduce the paper's claims on the bundled zoo (one torch thread unless --threads is given)")
     p.add_argument("--quick", action="store_true", help="the default model, a few cells (about a minute)")
@@ -29,3 +32,6 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=_workers, default=1,
                    help="parallel workers (Ray): each model's sections run as tasks; 1 runs in this process")
     p.add_argument("--address", help="Ray cluster to run on (default $RAY_ADDRESS, else a local instance)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the transport cost, the evaluation and the fine-tuning run (auto: CUDA when "
+                        "available)")

@@ -14,7 +14,6 @@ import numpy as np
 from ...core.prune import TransportOptions, kept_count
 from ..sweep import method_label
 from .common import Report, Section, bar, figure, save
-from .evaluator import GroupEvaluator
 from .settings import COLORS, SHORT, Settings
 
 __all__ = ["ABLATION_COLUMNS", "SECTION", "ablation_variants"]
@@ -66,7 +65,7 @@ def run(ctx) -> dict[str, list[dict]]:
     rows, prune_t, eval_t = [], 0.0, 0.0
     for g in sorted({g for g, _ in cells}):
         t0 = time.perf_counter()
-        ev = GroupEvaluator(ctx.prepared.model, ctx.changed(g), ctx.x_eval)
+        ev = ctx.group_evaluator(g)
         eval_t += time.perf_counter() - t0
         first = True
         for sp in [sp for gg, sp in cells if gg == g]:

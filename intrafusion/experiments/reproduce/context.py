@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 
 import numpy as np
 
 from ...core.importance import accumulate_gradients, group_importance
 from ...core.prune import TransportOptions, prepare, prune
 from ...data import load_dataset, sample_batches, subset
+from ...device import compute_on
 from ...evaluate import count_macs_params, predict_logits
 from ...models.zoo import load_zoo_model
 from .common import n_params
@@ -26,10 +28,14 @@ class ModelContext:
     (0 = nearest the classifier): the middle group and the input-side group always, every group for a full run.
     ``timing`` collects each section's timing (written to ``summary.json``); sections may leave results for
     later sections as attributes (the data-free section leaves ``distances``).
+
+    ``device`` (``settings.device``) is where evaluations, transport costs (inside :meth:`compute`) and
+    fine-tuning run; the model, its data and the pruned weights stay on the CPU, and logits come back to it.
     """
 
     def __init__(self, model_id: str, settings: Settings, progress: bool):
         self.id, self.settings, self.progress = model_id, settings, progress
+        self.device = settings.device
         self.loaded = load_zoo_model(model_id)
         self.model, self.ex = self.loaded.model, self.loaded.example_inputs
         self.arch = self.loaded.config.arch
@@ -43,9 +49,9 @@ class ModelContext:
         s = settings
         self.n_eval = subset_size(s.eval_macs, self.macs, s.min_eval, s.max_eval, len(self.x_test))
         self.x_eval, self.y_eval = subset(test, self.n_eval, seed=0).tensors
-        self.reference = predict_logits(self.model, self.x_eval)
-        self.base_accuracy = 100.0 * float((predict_logits(self.model, self.x_test).argmax(1) == self.y_test)
-                                           .float().mean())
+        self.reference = predict_logits(self.model, self.x_eval, device=self.device)
+        self.base_accuracy = 100.0 * float((predict_logits(self.model, self.x_test, device=self.device).argmax(1)
+                                            == self.y_test).float().mean())
         self.base_eval_accuracy = 100.0 * float((self.reference.argmax(1) == self.y_eval).float().mean())
         self.prepared = prepare(self.model, self.ex)
         self.groups = self.prepared.groups
@@ -63,6 +69,14 @@ class ModelContext:
         self.importance: dict[str, dict[int, np.ndarray]] = {}
         self.importance_seconds: dict[str, float] = {}
         self.distances: dict[tuple[int, float, str], np.ndarray] = {}
+
+    def compute(self) -> AbstractContextManager:
+        """``with ctx.compute():`` transport costs on the run's device (on the CPU: left as they are)."""
+        return compute_on(None if self.device == "cpu" else self.device)
+
+    def group_evaluator(self, g: int) -> GroupEvaluator:
+        """A :class:`GroupEvaluator` of the eval subset for models that differ in group ``g`` only."""
+        return GroupEvaluator(self.prepared.model, self.changed(g), self.x_eval, device=self.device)
 
     def changed(self, g: int) -> set[str]:
         """The layers pruning group ``g`` changes."""
@@ -91,8 +105,9 @@ class ModelContext:
         Returns the row's numbers, the per-sample logit distances and the OT solve time.
         """
         t0 = time.perf_counter()
-        res = prune(self.model, self.ex, g, s, method=method, criterion=criterion, options=options,
-                    importance={g: self.importance[criterion][g]})
+        with self.compute():
+            res = prune(self.model, self.ex, g, s, method=method, criterion=criterion, options=options,
+                        importance={g: self.importance[criterion][g]})
         t1 = time.perf_counter()
         logits = evaluator.logits(res.model, check=check)
         t2 = time.perf_counter()
@@ -107,7 +122,7 @@ class ModelContext:
         """The model and its run, as written to ``summary.json``."""
         e = self.loaded.entry
         return {"id": self.id, "arch": self.arch, "width": e.width if e else None, "dataset": self.dataset,
-                "sha256": e.sha256 if e else None,
+                "sha256": e.sha256 if e else None, "device": self.device,
                 "params": self.params, "macs": self.macs, "test_samples": len(self.x_test),
                 "train_samples": len(self.x_train), "eval_samples": self.n_eval,
                 "base_accuracy": round(self.base_accuracy, 3), "base_eval_accuracy": round(self.base_eval_accuracy, 3),

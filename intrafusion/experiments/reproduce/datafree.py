@@ -16,7 +16,6 @@ from ...core.prune import TransportOptions, kept_count
 from ...models.zoo import DEFAULT_MODEL
 from ..sweep import method_label
 from .common import Report, Section, bar, figure, fmt, gain_stats, index, save
-from .evaluator import GroupEvaluator
 from .paper import PAPER_UNPRUNED, paper_datafree
 from .settings import COLORS, CRITERION_NAMES, FUSION_LABELS, LABELS, METHOD_CELLS, SHORT, TIE
 
@@ -44,7 +43,7 @@ def run(ctx) -> dict[str, list[dict]]:
         by_group[g].append((c, sp))
     for g, todo in by_group.items():
         t0 = time.perf_counter()
-        ev = GroupEvaluator(ctx.prepared.model, ctx.changed(g), ctx.x_eval)
+        ev = ctx.group_evaluator(g)
         eval_t += time.perf_counter() - t0
         first = True
         for c, sp in todo:

@@ -25,12 +25,21 @@ class GroupEvaluator:
     results are identical, not just close). ``logits`` falls back to a full forward pass when the model cannot be
     traced or its graph does not match, and ``check=True`` compares against a full forward pass and disables the
     shortcut for good if they differ.
+
+    ``device`` other than the CPU (``cuda``): the inputs are moved there once and every model is evaluated there
+    with a full forward pass (no shortcut: on a GPU the forward pass is cheap, and its results would not be
+    bit-identical to a partial one); the logits come back on the CPU.
     """
 
-    def __init__(self, reference: nn.Module, changed: set[str], inputs: torch.Tensor, batch_size: int = 512):
-        self.inputs, self.batch_size = inputs, batch_size
+    def __init__(self, reference: nn.Module, changed: set[str], inputs: torch.Tensor, batch_size: int = 512,
+                 device: str | torch.device | None = None):
+        self.device = None if device is None or torch.device(device).type == "cpu" else torch.device(device)
+        self.inputs = inputs if self.device is None else inputs.to(self.device)
+        self.batch_size = batch_size
         self.enabled, self.max_diff = False, None
         self.cache: list[dict[str, torch.Tensor]] = []
+        if self.device is not None:
+            return
         try:
             gm = fx.symbolic_trace(reference)
         except Exception:  # noqa: BLE001 - any untraceable model just uses full evaluation
@@ -44,7 +53,7 @@ class GroupEvaluator:
     @torch.no_grad()
     def logits(self, model: nn.Module, check: bool = False) -> torch.Tensor:
         if not self.enabled:
-            return predict_logits(model, self.inputs, self.batch_size)
+            return predict_logits(model, self.inputs, self.batch_size, device=self.device)
         try:
             out = _run_downstream(model, self.dirty, self.cache)
         except Exception:  # noqa: BLE001 - a graph that does not match: evaluate it fully

@@ -15,6 +15,7 @@ from torch import nn
 
 from ...core.prune import TransportOptions, prune
 from ...data import subset
+from ...device import model_device
 from ...evaluate import count_macs_params, evaluate
 from ..sweep import method_label
 from ..train import train
@@ -37,7 +38,7 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: in
     identity in eval mode. Fine-tuning trains BatchNorms normally, so from the first batch they standardise their
     inputs with batch statistics; their running statistics must describe that, or a short fine-tuning is
     evaluated with the stale folded ones. This sets them to the cumulative statistics over ``inputs`` (momentum is
-    restored afterwards). Returns how many BatchNorms were re-estimated.
+    restored afterwards). The batches run where the model is. Returns how many BatchNorms were re-estimated.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
@@ -47,10 +48,11 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: in
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     was_training = model.training
+    where = model_device(model)
     model.train()
     try:
         for i in range(0, len(inputs), batch_size):
-            model(inputs[i : i + batch_size])
+            model(inputs[i : i + batch_size].to(where))
     finally:
         for m, mom in zip(norms, momenta):
             m.momentum = mom
@@ -72,8 +74,9 @@ def run(ctx) -> dict[str, list[dict]]:
     for ratio, label in runs:
         method, norm = labels[label]
         t0 = time.perf_counter()
-        res = prune(ctx.model, ctx.ex, "all", ratio, method=method, criterion="l1",
-                    options=TransportOptions(normalization=norm or "paper"))
+        with ctx.compute():
+            res = prune(ctx.model, ctx.ex, "all", ratio, method=method, criterion="l1",
+                        options=TransportOptions(normalization=norm or "paper"))
         t["prune"] += time.perf_counter() - t0
         params = n_params(res.model)
         macs, _ = count_macs_params(res.model, ctx.ex)
@@ -81,7 +84,7 @@ def run(ctx) -> dict[str, list[dict]]:
                   "params_orig": ctx.params, "weight_sparsity": round(100.0 * (1 - params / ctx.params), 2),
                   "macs": macs, "macs_orig": ctx.macs, "train_samples": n_train, "test_samples": len(test[0]),
                   "lr": s.finetune_lr}
-        rows += _finetune_one(res.model, common, train_set, test, s, t, progress)
+        rows += _finetune_one(res.model, common, train_set, test, s, t, progress, ctx.device)
     progress.close()
     ctx.timing["finetune"] = {"cells": len(runs), "wall_seconds": time.perf_counter() - t_start,
                               "prune_seconds": t["prune"], "eval_seconds": t["eval"], "train_seconds": t["train"],
@@ -89,8 +92,16 @@ def run(ctx) -> dict[str, list[dict]]:
     return {"finetune": rows}
 
 
-def _finetune_one(model, common: dict, train_set, test, s, t: dict, progress) -> list[dict]:
-    """Rows of one pruned model: right after pruning, after BatchNorm re-estimation, after every epoch."""
+def _finetune_one(model, common: dict, train_set, test, s, t: dict, progress, device: str = "cpu") -> list[dict]:
+    """Rows of one pruned model: right after pruning, after BatchNorm re-estimation, after every epoch.
+
+    ``model`` (a pruning result, not shared) is moved to ``device`` and evaluated, re-estimated and trained
+    there; ``train_set`` and ``test`` are moved with it.
+    """
+    if model_device(model) != torch.device(device):
+        model.to(device)
+        train_set = tuple(v.to(device) for v in train_set)
+        test = tuple(v.to(device) for v in test)
     t0 = time.perf_counter()
     acc0 = evaluate(model, *test).accuracy
     t["eval"] += time.perf_counter() - t0
@@ -104,7 +115,7 @@ def _finetune_one(model, common: dict, train_set, test, s, t: dict, progress) ->
         t["eval"] += time.perf_counter() - t0
         rows.append({**common, "epoch": 0, "stage": "bn-recalibrated", "test_accuracy": round(acc_bn, 3)})
     hist = train(model, train_set, test, s.finetune_epochs, lr=s.finetune_lr, seed=0,
-                 on_epoch=lambda _e: progress.update(1))
+                 on_epoch=lambda _e: progress.update(1), device=device)
     for e in hist.epochs:
         t["train"] += e.seconds
         t["eval"] += e.eval_seconds

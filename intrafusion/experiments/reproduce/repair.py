@@ -226,9 +226,10 @@ class _Pruner:
     def __call__(self, v: Variant, groups, sparsity: float, importance=None):
         ctx = self.ctx
         t0 = time.perf_counter()
-        res = prune(ctx.model, ctx.ex, groups, sparsity, method=v.method, criterion="l1", options=v.options(),
-                    importance=importance,
-                    repair=self.options(v.repair), repair_data=self.data if v.repair == "data" else None)
+        with ctx.compute():  # the transport cost on the run's device; weights are pruned and repaired on the CPU
+            res = prune(ctx.model, ctx.ex, groups, sparsity, method=v.method, criterion="l1", options=v.options(),
+                        importance=importance,
+                        repair=self.options(v.repair), repair_data=self.data if v.repair == "data" else None)
         seconds = time.perf_counter() - t0
         rep = res.repair
         synth = rep.details.get("synthetic_seconds") if rep is not None else None
@@ -253,7 +254,7 @@ def _base(ctx, data) -> float:
 
 def _score(ctx, model, data=None) -> tuple[float, float, float]:
     x, y, ref = data or (ctx.x_eval, ctx.y_eval, ctx.reference)
-    ev = evaluate(model, x, y, ref)
+    ev = evaluate(model, x, y, ref, device=ctx.device)
     return round(ev.accuracy, 3), round(float(ev.logit_distance), 5), round(float(ev.agreement), 3)
 
 
@@ -370,7 +371,7 @@ def finetune(ctx, rs: RepairSettings, pruner: _Pruner) -> list[dict]:
                   "weight_sparsity": round(100.0 * (1 - params / ctx.params), 2), "macs": macs,
                   "macs_orig": ctx.macs, "train_samples": n_train, "test_samples": len(test[0]),
                   "lr": s.finetune_lr}
-        rows += _finetune_one(res.model, common, train_set, test, epochs_settings, t, progress)
+        rows += _finetune_one(res.model, common, train_set, test, epochs_settings, t, progress, ctx.device)
     progress.close()
     return rows
 
@@ -382,6 +383,7 @@ class _EpochSettings:
 
 
 # -- part 4: std ratios ------------------------------------------------------------------------------------------
+# Measured on the CPU, where the models are, whatever the run's device (a few hundred images at most).
 
 
 @torch.no_grad()

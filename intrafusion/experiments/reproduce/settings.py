@@ -26,6 +26,10 @@ class Settings:
     ``eval_macs`` is the budget of multiply-accumulates of one evaluation: the eval subset of a model has
     ``eval_macs / macs_per_sample`` samples (rounded down to 100), clipped to ``[min_eval, max_eval]`` and to the
     test split. ``finetune_train_macs`` likewise sets the training images seen per fine-tuning epoch.
+
+    ``device`` is where the transport costs, the evaluations and the fine-tuning run (``cpu``, or a resolved
+    ``cuda`` device: :func:`.run.run_reproduction` resolves ``auto``); the weights are pruned and repaired on the
+    CPU. It is written with the other settings to ``summary.json``, so results say which device made them.
     """
 
     name: str
@@ -51,6 +55,7 @@ class Settings:
     speed_repeats: int = 5
     taylor_batches: int = 4
     taylor_batch_size: int = 64
+    device: str = "cpu"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,8 +4,9 @@ A task is one model and one *chain* of sections: a section that reads what an ea
 context runs after it in the same task (output preservation reads the data-free section's per-sample
 distances); every other section is a task of its own, so even a single model's run is split over the
 workers. Each task builds its own :class:`.context.ModelContext` (a few seconds of set-up, repeated per
-task) and runs with the run's thread count. Rows are put back in the serial order (model by model, section
-by section), so the tables equal the serial run's apart from timings.
+task) and runs with the run's thread count and on the run's device (``settings.device``: a CUDA run gives
+each task an equal share of one GPU, see :func:`gpus_per_task`). Rows are put back in the serial order (model
+by model, section by section), so the tables equal the serial run's apart from timings.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .context import ModelContext
 from .sections import SECTIONS
 from .settings import Settings
 
-__all__ = ["DEPENDS_ON", "chains", "run_models_parallel"]
+__all__ = ["DEPENDS_ON", "chains", "gpus_per_task", "run_models_parallel"]
 
 #: section -> the earlier section whose context it reads (they run in one task, in list order).
 DEPENDS_ON = {"output_preservation": "datafree"}
@@ -41,6 +42,12 @@ def chains(sections=None) -> list[list[str]]:
         chain.append(s.name)
         where[s.name] = chain
     return out
+
+
+def gpus_per_task(settings: Settings, workers: int) -> float:
+    """GPUs each Ray task reserves: none on the CPU; on CUDA ``1 / workers`` (the tasks share one GPU; Ray hides
+    the GPUs from a task that reserves none)."""
+    return 1.0 / max(int(workers), 1) if settings.device.startswith("cuda") else 0.0
 
 
 def _run_chain(task: tuple[str, tuple[str, ...]], shared: dict) -> dict:
@@ -70,7 +77,8 @@ def run_models_parallel(ids: Sequence[str], settings: Settings, tables: dict[str
     shared = {"settings": settings, "threads": torch.get_num_threads()}
     results: dict[int, dict] = {}
     done = map_tasks(_run_chain, [tasks[i] for i in order], workers=workers, address=address, shared=shared,
-                     ordered=False, progress="reproduce" if progress else None)
+                     ordered=False, progress="reproduce" if progress else None,
+                     gpus_per_task=gpus_per_task(settings, workers))
     for k, res in done:
         results[order[k]] = res
     infos = []
