@@ -42,7 +42,8 @@ def layout(fig: go.Figure, title: str | None = None, height: int = 380, legend: 
 
 
 def repair_images(cur: common.Current, root: str | None, n: int = 256) -> torch.Tensor:
-    """Unlabelled training images for the 'data' repair (the Taylor batches' inputs from ``root``, at most ``n``)."""
+    """Unlabelled training images for the repairs that use data (``data``, ``refit-data``): the Taylor batches'
+    inputs from ``root``, at most ``n``; their labels are dropped here, unread."""
     batches = common.batches_for(cur, "taylor", root)
     return torch.cat([b[0] for b in batches])[:n]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from intrafusion.core.prune import TransportOptions
-from intrafusion.core.transport import MARGINALS, NORMALIZATIONS, SOLVERS, TARGETS
+from intrafusion.core.transport import MARGINALS, NORMALIZATIONS, SOLVERS, TARGET_MARGINALS, TARGETS
 from intrafusion.views.variants import Variant, available_methods, available_repairs, uses_data
 
 P_VALUES = [1.0, 2.0, 0.5, 3.0]
@@ -24,7 +24,8 @@ def transport_controls(prefix: str, columns=None, *, normalization: bool = False
     reg = o[1].number_input("Sinkhorn reg", 0.001, 10.0, 0.05, step=0.01, format="%.3f", key=f"{prefix}_reg",
                             disabled=solver != "sinkhorn", help="relative to the largest cost")
     mu = o[2].selectbox("Source marginal μ", MARGINALS, key=f"{prefix}_mu")
-    nu = o[3].selectbox("Target marginal ν", MARGINALS, key=f"{prefix}_nu")
+    nu = o[3].selectbox("Target marginal ν", TARGET_MARGINALS, key=f"{prefix}_nu",
+                        help="nearest: each kept channel's share of the channels closest to it (unequal clusters)")
     target = o[4].selectbox("Targets", TARGETS, key=f"{prefix}_target",
                             help="kept: the m kept channels (the paper); centroids: m k-means centroids")
     p = o[5].selectbox(P_LABEL, P_VALUES, key=f"{prefix}_p", help=P_HELP)
@@ -59,10 +60,28 @@ def variant_for(label: str, repair: str = "none", options: tuple = (), setting: 
 
 REPAIR_HELP = {
     "none": "no repair: the pruned model as it comes out of pruning",
+    "bias": "no data: every consumer's bias absorbs the expected contribution the dropped or merged channels "
+            "removed or added",
     "moments": "no data: give every kept channel back the mean and std its BatchNorm stored (bias corrected)",
     "synthetic": "no real data: re-estimate the statistics on a batch optimised from noise to match the stored "
-                 "BatchNorm statistics (made once per model, cached)",
+                 "BatchNorm statistics (made once per model, cached; needs BatchNorm layers)",
     "data": "USES DATA: re-estimate the statistics on a few hundred unlabelled training images (never a label)",
+    "refit-synthetic": "no real data: refit every layer to the original's outputs on the synthetic batch (least "
+                       "squares, closed form, no gradient step; needs BatchNorm layers for the batch)",
+    "refit-data": "USES DATA: refit every layer to the original's outputs on unlabelled training images (least "
+                  "squares, closed form, never a label)",
+}
+
+#: Marker of each repair kind on the curves (colour = method, line style = setting or repaired): filled for a
+#: repair without real data, open for one that uses data.
+REPAIR_SYMBOLS = {
+    "none": "circle",
+    "bias": "triangle-up",
+    "moments": "square",
+    "synthetic": "diamond",
+    "data": "diamond-open",
+    "refit-synthetic": "star",
+    "refit-data": "star-open",
 }
 
 
@@ -71,8 +90,34 @@ def repair_label(kind: str) -> str:
     return f"{kind} (uses data)" if uses_data(kind) else kind
 
 
+def repair_of(label: str) -> str:
+    """The repair kind in a variant label: 'fusion (paper) + refit-synthetic repair [A]' -> 'refit-synthetic'."""
+    base = label.removesuffix(" [A]").removesuffix(" [B]")
+    _, plus, rest = base.partition(" + ")
+    return rest.removesuffix(" repair") if plus else "none"
+
+
+def repair_marker(label: str) -> dict:
+    """Plotly marker of a variant label's repair (:data:`REPAIR_SYMBOLS`; a circle for an unknown kind)."""
+    return {"symbol": REPAIR_SYMBOLS.get(repair_of(label), "circle"), "size": 8}
+
+
+_GLYPHS = {"circle": "●", "triangle-up": "▲", "square": "■", "diamond": "◆", "diamond-open": "◇", "star": "★",
+           "star-open": "☆"}
+
+
+def repair_legend(labels) -> str | None:
+    """A caption naming the marker of every repair among the variant ``labels`` (None when none is repaired)."""
+    kinds = list(dict.fromkeys(repair_of(lb) for lb in labels))
+    if all(k == "none" for k in kinds):
+        return None
+    marks = ", ".join(f"{_GLYPHS.get(REPAIR_SYMBOLS.get(k, 'circle'), '●')} {repair_label(k)}" for k in kinds)
+    return f"Colour: method. Marker: repair ({marks}; open markers: the repair reads unlabelled training images)."
+
+
 def repair_select(key: str, container=None, multi: bool = True, default=("none",)):
-    """The repair kinds that exist (just 'none' until the library provides repair); ``data`` says it uses data."""
+    """The repair kinds that exist (just 'none' until the library provides repair); the ones that read training
+    images (``data``, ``refit-data``) say that they use data."""
     where = container if container is not None else st
     kinds = list(available_repairs())
     help_ = ("  \n".join(f"**{k}**: {REPAIR_HELP.get(k, '')}" for k in kinds) if len(kinds) > 1 else

@@ -87,7 +87,7 @@ def cell_job(model_key: str, tasks: list, criterion: str, limit: int | None, set
     x, y = common.eval_set(jcur.loaded.dataset, jcur.pre_json, limit)
     ref = common.reference_logits(model_key, jcur.loaded, limit)
     batches = common.batches_for(jcur, criterion, root)
-    repair_data = charts.repair_images(jcur, root) if any(t[2].repair == "data" for t in tasks) else None
+    repair_data = charts.repair_images(jcur, root) if any(t[2].uses_data for t in tasks) else None
     rows_memo = memo()
     model, example = jcur.loaded.model, jcur.loaded.example_inputs
 

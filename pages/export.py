@@ -10,6 +10,7 @@ from intrafusion import views as explore
 from intrafusion.core.importance import CRITERIA
 from intrafusion.experiments.train import fine_tune
 from intrafusion.views.jobs import BackgroundJob
+from intrafusion.views.variants import uses_data
 from pages import _charts as charts
 from pages import _common as common
 from pages import _controls as controls
@@ -82,21 +83,25 @@ def _file_stem(settings: dict) -> str:
 
 
 def _settings() -> dict:
+    """The export's settings (in the report, the file's header and its name); ``uses_data`` says whether the
+    repair read unlabelled training images (``data``, ``refit-data``)."""
     if not now:
         model, s = finetuned[source]
         base, _, rep = s["label"].partition(" + ")  # e.g. 'fusion (paper) + moments repair'
-        return {"model": cur.name, "groups": "all", "sparsity": s["sparsity"], "method": base,
-                "criterion": s["criterion"], "repair": rep.removesuffix(" repair") or s.get("repair", "none"),
-                "fine_tuning_epochs": s["epochs"]}
-    return {"model": cur.name, "groups": "all" if all_groups else sorted(chosen), "sparsity": sparsity,
-            "method": method, "criterion": criterion, "repair": repair}
+        out = {"model": cur.name, "groups": "all", "sparsity": s["sparsity"], "method": base,
+               "criterion": s["criterion"], "repair": rep.removesuffix(" repair") or s.get("repair", "none"),
+               "fine_tuning_epochs": s["epochs"]}
+    else:
+        out = {"model": cur.name, "groups": "all" if all_groups else sorted(chosen), "sparsity": sparsity,
+               "method": method, "criterion": criterion, "repair": repair}
+    return dict(out, uses_data=uses_data(out["repair"]))
 
 
 def _pruned_now(settings: dict):
     v = controls.variant_for(method, repair)
     grp = "all" if all_groups else sorted(chosen)
     return _prune_cached(cur.key, cur, grp if grp == "all" else tuple(grp), sparsity, v, criterion,
-                         v.repair == "data", common.data_root())
+                         v.uses_data, common.data_root())
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -161,9 +166,9 @@ if "latency" in a:
 lost = -(ch["accuracy_points"] or 0.0)
 st.markdown("**3. Repair or fine-tune**")
 if lost > WARN_POINTS:
-    repairs = [k for k in controls.available_repairs() if k != "none"]
-    hint = (f" Try a repair ({', '.join(repairs)}) in step 1," if repairs and result["settings"].get("repair") in
-            (None, "none") else "")
+    repairs = ", ".join(controls.repair_label(k) for k in controls.available_repairs() if k != "none")
+    hint = (f" Try a repair ({repairs}) in step 1," if repairs and result["settings"].get("repair") in (None, "none")
+            else "")
     st.warning(f"This model lost **{lost:.1f} points** of accuracy ({b['accuracy']:.2f}% → {a['accuracy']:.2f}%)."
                f"{hint} fine-tune it below, or lower the sparsity before you export it.", icon="⚠️")
 else:

@@ -51,7 +51,7 @@ def whole_job(model_key: str, variants: list, sparsity: float, criterion: str) -
     x, y = common.eval_set(jcur.loaded.dataset, jcur.pre_json, None)
     ref = common.reference_logits(model_key, jcur.loaded, None)
     batches = common.batches_for(jcur, criterion, root)
-    images = charts.repair_images(jcur, root) if any(v.repair == "data" for v in variants) else None
+    images = charts.repair_images(jcur, root) if any(v.uses_data for v in variants) else None
     model, example, rows_memo = jcur.loaded.model, jcur.loaded.example_inputs, jobs.model_memo()
 
     def compute(v, emit, should_stop):
@@ -78,6 +78,7 @@ def std_ratio_figure(ratios: dict[str, dict]) -> go.Figure:
         dash = "dot" if " + " in label else None
         fig.add_trace(go.Scatter(x=layers, y=[prof[n][0] for n in layers], mode="lines+markers", name=label,
                                  line=dict(color=common.method_color(method), dash=dash),
+                                 marker=controls.repair_marker(label),
                                  customdata=[[prof[n][1], prof[n][2]] for n in layers],
                                  hovertemplate="%{x}: mean ratio %{y:.2f} (channels %{customdata[0]:.2f} to "
                                                "%{customdata[1]:.2f})<extra>" + label + "</extra>"))
@@ -128,7 +129,7 @@ except common.ERRORS as exc:
     common.show_error(exc, "Cannot measure the model")
     st.stop()
 unpruned = {"method": "unpruned", "uses data": False, "accuracy %": stats["accuracy"], "parameters": stats["params"],
-            "MACs": stats["macs"], "logit distance": 0.0, "prune seconds": 0.0}
+            "MACs": stats["macs"], "logit distance": 0.0, "prune seconds": 0.0, "repair seconds": 0.0}
 
 
 def _draw_whole(job: BackgroundJob) -> None:
@@ -144,10 +145,15 @@ def _draw_whole(job: BackgroundJob) -> None:
                "channel's output after pruning divided by the same channel's before, averaged over the layer's "
                "channels, on 128 test images. Below 1 the signal collapses (dropped channels, averaged weights), "
                "above 1 it overshoots (the paper's summed map); the errors compound layer after layer. A repair "
-               "moves the curve back towards 1.")
+               "moves the curve back towards 1. The refit repairs (refit-synthetic, refit-data) also refit every "
+               "layer's weights to the original's outputs, which corrects what merged or dropped channels did to "
+               "the next layer and shows in the accuracy column more than in this spread.")
     profiles = {r.label: r.profile for r in snap.rows}
     if any(profiles.values()):
         st.plotly_chart(std_ratio_figure(profiles), key="std_ratio_chart")
+        legend = controls.repair_legend(list(profiles))
+        if legend:
+            st.caption(legend)
     elif snap.rows:
         st.info("This model has no BatchNorm layers: the per-layer spread is measured at BatchNorm outputs.")
 
@@ -176,7 +182,8 @@ def figure(rows, settings: dict, base: float | None) -> go.Figure:
         h = hist.get(label, [])
         fig.add_trace(go.Scatter(x=[e.epoch for e in h], y=[e.test_accuracy for e in h], mode="lines+markers",
                                  name=label, line=dict(color=common.method_color(label.split(" + ")[0]),
-                                                       dash="dot" if " + " in label else None)))  # dotted: repaired
+                                                       dash="dot" if " + " in label else None),
+                                 marker=controls.repair_marker(label)))  # dotted: repaired; marker: which repair
     if base is not None:
         fig.add_hline(y=base, line_dash="dot", line_color=common.COLORS["unpruned"],
                       annotation_text="unpruned", annotation_position="bottom right")

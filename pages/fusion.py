@@ -119,6 +119,7 @@ def curves_figure(rows, settings: dict, base: float | None) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label, legendgroup=label,
                 showlegend=gi == 0, line=dict(color=common.method_color(method), dash=dash),
+                marker=controls.repair_marker(label),
                 hovertemplate="s = %{x}<br>accuracy %{y:.2f}%<extra>" + label + "</extra>"),
                 row=gi // ncols + 1, col=gi % ncols + 1)
     if base is not None:
@@ -138,6 +139,9 @@ def _draw(job: BackgroundJob) -> None:
     base = charts.cached_base(settings["model_key"], settings["limit"], settings.get("data_root"))
     st.progress(snap.progress, text=job.status())
     st.plotly_chart(curves_figure(snap.rows, settings, base), key="sweep_curves")
+    legend = controls.repair_legend(settings["labels"])
+    if legend:
+        st.caption(legend)
 
 
 if job is None:

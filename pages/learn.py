@@ -176,6 +176,20 @@ st.markdown(
   paper map's doubling exactly. It fixes the scale, not the direction: on random neurons in a single layer it can
   even raise the error (see the table), and its value shows in deep networks, where scale errors compound. The
   *Whole model* page plots these ratios layer by layer for a real model, with and without repair.
+* **Refitting repairs what the next layer reads.** Re-estimating BatchNorm statistics gives each channel back its
+  mean and spread, two numbers per channel. It cannot undo what merging or dropping did to the *consumers*: the
+  next layer's weights were learned for the original channels, and now read one merged channel through a summed
+  (or averaged) weight, or miss a dropped channel's contribution entirely; no per-channel rescaling puts that
+  back. The `refit-synthetic` repair refits the weights themselves, layer by layer from the input to the
+  classifier: it runs the synthetic batch (matched to the stored BatchNorm statistics, so no data) through both
+  networks, takes the pruned layer's inputs X (produced by the layers already refitted before it) and the
+  original layer's outputs Y mapped to the kept channels (the map-weighted average of the channels each was made
+  from), and solves the least-squares problem min ‖XW − Y‖² + λ‖W − W₀‖² in closed form,
+  **W = (XᵀX + λI)⁻¹(XᵀY + λW₀)**: the weights that best reproduce the original's outputs, pulled towards the
+  method's own weights W₀ (a small λ keeps a layer with more weights than examples, like the classifier, close
+  to W₀). One solve per layer: no gradient step, no label, about a second for a small VGG. `refit-data` does the
+  same on unlabelled training images (it *uses data*). With nothing pruned W₀ already solves it exactly, so the
+  network is unchanged.
 """
 )
 
@@ -189,8 +203,10 @@ The function-preserving map averages the incoming side, which keeps each layer's
 
 **Repair (moment matching).** After pruning, re-estimate each layer's per-channel mean and variance on a few
 inputs (real, synthetic or none) and rescale/shift the channels to match the unpruned model's statistics. It
-undoes the inflation above without training; pick it under *Repair* on the sweep, trade-off and export pages
-when this version of the library provides it.
+undoes the inflation above without training. **Repair (refit)** goes further: every layer's weights are refitted
+by ridge regression to the original's outputs on those inputs (`refit-synthetic`: no data; `refit-data`: uses
+unlabelled training images). Pick them under *Repair* on the Transport plan, sweep, trade-off, whole-model and
+export pages when this version of the library provides them.
 
 **Glossary.** *Group*: channels that must be pruned together. *Importance*: a score per channel (l1 = size of its
 weights). *Sparsity s*: fraction of a group's channels removed; m = int(n(1 − s)) kept. *Cost C*: distance between

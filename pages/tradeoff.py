@@ -83,6 +83,7 @@ def tradeoff_figure(rows, settings: dict, base: dict | None) -> go.Figure:
             fig.add_trace(go.Scatter(x=[getattr(r, field) for r in pts], y=[r.accuracy for r in pts],
                                      mode="lines+markers", name=label, legendgroup=label, showlegend=i == 0,
                                      line=dict(color=color, dash="dash" if " + " in label else None),
+                                     marker=controls.repair_marker(label),
                                      customdata=[r.sparsity for r in pts],
                                      hovertemplate="s = %{customdata}<br>%{x:,.4g}<br>accuracy %{y:.2f}%<extra>"
                                                    + label + "</extra>"), row=1, col=i + 1)
@@ -109,6 +110,9 @@ def _draw(job) -> None:
     except common.ERRORS:
         base = None
     st.plotly_chart(tradeoff_figure(snap.rows, job.settings, base), key="tradeoff_chart")
+    legend = controls.repair_legend(job.settings["labels"])
+    if legend:
+        st.caption(legend)
 
 
 if job is not None and job.settings["model_key"] == cur.key:

@@ -21,6 +21,7 @@ import torch
 from intrafusion.core.folding import FoldingOptions
 from intrafusion.core.prune import TransportOptions, prune
 from intrafusion.core.repair import REPAIRS, RepairOptions
+from intrafusion.core.synthetic import SyntheticOptions
 from intrafusion.data import load_dataset
 from intrafusion.evaluate import evaluate
 from intrafusion.models.zoo import load_zoo_model
@@ -30,6 +31,7 @@ VARIANTS = {  # label -> (method, options)
     "default": ("default", None),
     "fusion-paper": ("fusion", TransportOptions(normalization="paper")),
     "fusion-fp": ("fusion", TransportOptions(normalization="function-preserving")),
+    "fusion-paper-nearest": ("fusion", TransportOptions(normalization="paper", target_marginal="nearest")),
     "folding": ("folding", FoldingOptions(variant="plain")),
     "folding-ar": ("folding", FoldingOptions(variant="ar")),
 }
@@ -45,6 +47,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="k-means and synthetic-batch seed")
     ap.add_argument("--synthetic-size", type=int, default=None, help="synthetic inputs (default: the recipe's 256)")
     ap.add_argument("--synthetic-steps", type=int, default=None, help="synthetic Adam steps (default: 200)")
+    ap.add_argument("--zeroq", action="store_true", help="synthetic batches with the plain ZeroQ recipe (no class "
+                    "prior, smoothness or jitter); those rows are labelled '<repair> (ZeroQ)'")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/repair_study.json")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these result files into --out and print "
@@ -81,24 +85,29 @@ def main() -> None:
                 for rep in args.repairs:
                     if label == "folding-ar" and rep in ("moments",):
                         continue  # Fold-AR is folding's own moment repair
+                    recipe = SyntheticOptions(class_prior=0.0, tv=0.0, jitter=0) if args.zeroq else None
                     repair = RepairOptions(rep, seed=args.seed, synthetic_size=args.synthetic_size,
-                                           synthetic_steps=args.synthetic_steps)
+                                           synthetic_steps=args.synthetic_steps, synthetic=recipe)
+                    name = f"{rep} (ZeroQ)" if args.zeroq and repair.inputs == "synthetic" else rep
+                    if args.data_images and repair.uses_data:
+                        name = f"{rep} ({len(train_x)} images)"
                     t0 = time.perf_counter()
                     res = prune(lm.model, lm.example_inputs, "all", s, method=method, options=options,
                                 seed=args.seed, repair=repair,
-                                repair_data=train_x if rep == "data" else None)
+                                repair_data=train_x if RepairOptions(rep).uses_data else None)
                     sec = time.perf_counter() - t0
                     acc = evaluate(res.model, x_test, y_test).accuracy
                     details = res.repair.details if res.repair else {}
-                    if rep == "synthetic":
+                    if repair.inputs == "synthetic":
                         details = dict(details, recipe=repair.synthetic_options().__dict__)
                     rows.append(dict(model=mid, sparsity=s, method=method, variant=label,
-                                     normalization=getattr(options, "normalization", None), repair=rep,
-                                     uses_data=rep == "data", accuracy=acc, seconds=sec, details=details))
+                                     normalization=getattr(options, "normalization", None), repair=name,
+                                     uses_data=RepairOptions(rep).uses_data, accuracy=acc, seconds=sec,
+                                     details=details))
                     syn = details.get("synthetic_seconds")
                     made = details.get("synthetic_made_seconds")
                     extra = f"  (synthetic {syn:.0f}s, made in {made or 0:.0f}s)" if syn is not None else ""
-                    print(f"{mid:22s} s={s:.1f} {label:13s} {rep:10s} {acc:6.1f}%  {sec:6.1f}s{extra}", flush=True)
+                    print(f"{mid:22s} s={s:.1f} {label:13s} {name:16s} {acc:6.1f}%  {sec:6.1f}s{extra}", flush=True)
                     out.write_text(json.dumps(rows, indent=1, default=float))
     summarize(rows)
 
@@ -109,10 +118,10 @@ def summarize(rows: list[dict]) -> None:
         mine = [r for r in rows if r["model"] == mid and r["variant"] != "unpruned"]
         sps = sorted({r["sparsity"] for r in mine})
         print(f"\n{mid}: accuracy (%), whole model, l1, no fine-tuning")
-        print(f"{'variant':14s} {'repair':10s} " + " ".join(f"s={s:<5}" for s in sps))
+        print(f"{'variant':14s} {'repair':16s} " + " ".join(f"s={s:<5}" for s in sps))
         cells = {(r["variant"], r["repair"], r["sparsity"]): r["accuracy"] for r in mine}
         for v, rep in dict.fromkeys((r["variant"], r["repair"]) for r in mine):
-            print(f"{v:14s} {rep:10s} " + " ".join(f"{cells.get((v, rep, s), float('nan')):7.1f}" for s in sps))
+            print(f"{v:14s} {rep:16s} " + " ".join(f"{cells.get((v, rep, s), float('nan')):7.1f}" for s in sps))
         for name, keep in (("best data-free", lambda r: not r["uses_data"] and r["repair"] != "none"),
                            ("best with data", lambda r: r["uses_data"])):
             best = [max((r for r in mine if keep(r) and r["sparsity"] == s), key=lambda r: r["accuracy"],

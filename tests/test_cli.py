@@ -89,6 +89,49 @@ def test_every_command_takes_threads():
         assert any("--threads" in a.option_strings for a in sub._actions), name
 
 
+def test_repair_help_names_every_kind_and_which_use_data():
+    """`prune --help` and `sweep --help` describe the repairs: the no-data part names exactly the kinds without
+    data (refit-synthetic among them), the training-images part exactly those that use data (data, refit-data)."""
+    import re
+
+    from intrafusion.core.repair import REPAIRS, RepairOptions
+
+    def kinds(text: str) -> set[str]:
+        return {k for k in REPAIRS if re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", text)}
+
+    free = {k for k in REPAIRS if k != "none" and not RepairOptions(k).uses_data}
+    with_data = {k for k in REPAIRS if RepairOptions(k).uses_data}
+    assert "refit-synthetic" in free and with_data == {"data", "refit-data"}
+    for name, sub in _subcommands().items():
+        if name not in ("prune", "sweep"):
+            continue
+        text = " ".join(next(a for a in sub._actions if "--repair" in a.option_strings).help.split())
+        no_data, _, uses = text.partition("No data:")[2].partition("unlabelled training images")
+        assert kinds(no_data) == free, (name, text)
+        assert kinds(uses) == with_data, (name, text)
+        assert "least squares" in text, name  # what the refit does
+
+
+def test_sweep_rows_table_aligns_long_repair_labels():
+    """The rows table widens its columns for 'fusion (function-preserving) + refit-synthetic repair'."""
+    from intrafusion.cli.sweep import format_rows
+    from intrafusion.views.variants import CellRow
+
+    rows = [CellRow(group="all", n=64, sparsity=0.5, kept=32, label=label, base_label=label, setting="",
+                    method=label.split(" ")[0], normalization=None, repair=repair, criterion="l1", accuracy=acc,
+                    logit_distance=1.25, agreement=90.0, params=10, macs=None, latency_ms=None, seconds=1.0,
+                    eval_seconds=0.5)
+            for label, repair, acc in (("default", "none", 11.5),
+                                       ("fusion (function-preserving) + refit-synthetic repair", "refit-synthetic",
+                                        91.25),
+                                       ("fusion (paper) + refit-data repair", "refit-data", 97.0))]
+    lines = format_rows(rows, "m", 98.0, "l1").splitlines()
+    assert len({len(line) for line in lines[1:]}) == 1, lines  # header and rows in the same columns
+    acc_end = lines[1].index("acc %") + len("acc %")
+    assert [line[acc_end - 6 : acc_end] for line in lines[2:]] == [" 11.50", " 91.25", " 97.00"]
+    assert "refit-data*" in lines[4] and "refit-synthetic*" not in lines[3]  # * = used training images
+
+
 def test_threads_default_is_torchs_own_and_option_sets_it(capsys):
     """Defect 11: the CLI used to cap torch at 2 threads whatever the machine."""
     previous = torch.get_num_threads()

@@ -200,6 +200,22 @@ def test_kept_channels_cost_nothing_to_themselves():
     np.testing.assert_allclose(rec.plan[rec.kept, np.arange(rec.m)], 1 / rec.n, atol=1e-12)
 
 
+def test_nearest_target_marginal_gives_the_nearest_assignment():
+    """nu = each kept channel's Voronoi share: the optimal plan is the nearest-target assignment itself."""
+    prep = prepare(_seeded(VGG, width=0.25), torch.randn(1, 3, 32, 32))
+    rec = plan_group(prep, 2, 0.6, options=TransportOptions(target_marginal="nearest"))
+    nearest = rec.cost.argmin(1)
+    np.testing.assert_allclose(rec.nu, np.bincount(nearest, minlength=rec.m) / rec.n, atol=1e-8)
+    np.testing.assert_allclose(rec.plan.sum(1), rec.mu, atol=1e-12)
+    np.testing.assert_allclose(rec.plan.sum(0), rec.nu, atol=1e-12)
+    # every source's whole mass goes to one target, at its smallest cost
+    assert ((rec.plan > 1e-12).sum(1) == 1).all()
+    np.testing.assert_allclose((rec.plan * rec.cost).sum(1) * rec.n, rec.cost.min(1), atol=1e-6)
+    assert rec.nu.max() > 1.5 / rec.m  # unequal clusters: what the uniform marginal cannot give
+    with pytest.raises(ValueError, match="unknown source_marginal"):
+        TransportOptions(source_marginal="nearest")
+
+
 def test_sinkhorn_marginals_approximately_hold():
     prep = prepare(_seeded(VGG, width=0.25), torch.randn(1, 3, 32, 32))
     rec = plan_group(prep, 1, 0.5, options=TransportOptions(solver="sinkhorn", reg=0.01))

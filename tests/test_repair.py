@@ -29,7 +29,7 @@ def test_unpruned_model_unchanged_by_every_repair_and_method(kind, method, tmp_p
     x = torch.randn(8, 3, 8, 8)
     opts = RepairOptions(kind=kind, synthetic_size=8, synthetic_steps=2, cache_dir=str(tmp_path))
     res = prune(model, x[:1], "all", 0.0, method=method, repair=opts,
-                repair_data=torch.randn(16, 3, 8, 8) if kind == "data" else None)
+                repair_data=torch.randn(16, 3, 8, 8) if RepairOptions(kind).uses_data else None)
     assert (_out(res.model, x) - _out(model, x)).abs().max().item() < 1e-5
 
 
@@ -198,7 +198,7 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match="repair target"):
         RepairOptions("moments", target="magic")
     assert RepairOptions("data").uses_data and not RepairOptions("synthetic").uses_data
-    assert not any(RepairOptions(k).uses_data for k in REPAIRS if k != "data")
+    assert not any(RepairOptions(k).uses_data for k in REPAIRS if k not in ("data", "refit-data"))
     with pytest.raises(ValueError, match="running statistics"):
         synthetic_batch(neg, x[:1], size=4, steps=1, cache_dir=None)
 
@@ -210,5 +210,5 @@ def test_every_repair_runs_after_folding(tmp_path):
         for variant in ("plain", "ar"):
             res = prune(model, x[:1], "all", 0.5, method="folding", options=FoldingOptions(variant=variant),
                         repair=RepairOptions(kind, synthetic_size=8, synthetic_steps=2, cache_dir=str(tmp_path)),
-                        repair_data=x if kind == "data" else None)
+                        repair_data=x if RepairOptions(kind).uses_data else None)
             assert torch.isfinite(_out(res.model, x)).all()

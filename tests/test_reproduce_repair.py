@@ -42,7 +42,7 @@ def test_quick_run_writes_tables_plots_and_report(quick):
     assert "## 6. Repair: whole-model pruning without data" in text and "IF FP + moments" in text
     whole = tables["repair_whole"]
     assert [(r["method"], r["normalization"], r["repair"]) for r in whole] == [
-        (m, n or "", r) for m, n, r in R.QUICK_REPAIR.whole_variants]
+        (v[0], v[1] or "", v[2]) for v in R.QUICK_REPAIR.whole_variants]
     assert all(r["sparsity"] == 0.3 and r["eval_samples"] == 300 and r["uses_data"] == 0 for r in whole)
     assert all(r["kept"] < r["n"] and r["params"] < 145754 for r in whole)
 
@@ -177,3 +177,16 @@ def test_targets_are_checked_with_one_fixed_variant_and_margins():
     assert within3["verdict"] == "does not hold" and "1 of 2 cells" in within3["ours"] and "-8.0" in within3["ours"]
     plus5 = next(c for c in found if "at least 5 points above default" in c["claim"])
     assert plus5["verdict"] == "holds" and "2 of 2 cells" in plus5["ours"]
+
+
+def test_workers_split_the_repair_claim_into_its_parts():
+    """``reproduce --workers``: the repair claim runs as one task per part, every other chain as one task."""
+    from intrafusion.experiments.reproduce.workers import chains, tasks_of
+
+    tasks = tasks_of(MODEL)
+    repair = [t for t in tasks if t[1] == ("repair",)]
+    assert [t[2] for t in repair] == list(R.PARTS) == [("whole", "std"), ("single",), ("finetune",)]
+    assert len(tasks) == len(chains()) - 1 + len(R.PARTS)
+    assert all(t[2] is None for t in tasks if t[1] != ("repair",))
+    parts = [p for part in R.PARTS for p in part]
+    assert sorted(parts) == sorted(R.RepairSettings().parts)  # every part of a serial run, once

@@ -96,7 +96,7 @@ def test_data_repair_rows_say_uses_data(small):
 @pytest.mark.parametrize("kwargs,message", [
     (dict(methods=("bogus",)), "unknown method 'bogus'"),
     (dict(repairs=("bogus",)), "unknown repair 'bogus'"),
-    (dict(repairs=("data",)), "needs repair_data"),
+    (dict(repairs=("data",)), "needs? repair_data"),
     (dict(normalizations=()), "normalizations is empty"),
 ])
 def test_bad_settings_named(small, kwargs, message):

@@ -5,7 +5,10 @@ One pruning (default, Intra-Fusion or Model Folding, then an optional repair), m
 written as a safetensors file whose header carries the pruned architecture, the dataset and the preprocessing, so
 that ``load_model`` (or any command, given the file instead of a model id) rebuilds it.
 
-The ``data`` repair reads a seeded sample of the training split's *images* only: labels are never loaded into it.
+The repairs that use data (``data``, ``refit-data``) read a seeded sample of the training split's *images* only:
+labels are never loaded into them. ``synthetic`` and ``refit-synthetic`` use a batch made from the model's own
+BatchNorm statistics instead (no data); the ``refit-*`` kinds refit every layer by least squares to the original's
+outputs on those inputs (:mod:`intrafusion.core.reconstruct`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ._common import add_command, eval_data, load_model, model_args, sample_coun
 
 __all__ = ["cmd_prune", "format_report", "parse_groups", "prune_report", "register", "repair_images"]
 
-#: Unlabelled training images the ``data`` repair re-estimates on (the reference's 8 batches of 64).
+#: Unlabelled training images the ``data`` / ``refit-data`` repairs use (the reference's 8 batches of 64).
 REPAIR_SAMPLES = 512
 
 
@@ -54,7 +57,7 @@ def repair_images(dataset: str, preprocessing, n: int = REPAIR_SAMPLES, seed: in
 
     images = load_arrays(dataset, "train", root=root)[0]
     if n < 1:
-        raise ValueError(f"the data repair needs at least 1 training image, got {n}")
+        raise ValueError(f"a repair that uses data (data, refit-data) needs at least 1 training image, got {n}")
     idx = np.random.default_rng(seed).permutation(len(images))[:n]
     return preprocess(images[np.sort(idx)], preprocessing)
 
@@ -123,7 +126,7 @@ def prune_report(loaded, x, y, groups, sparsity: float, method: str = "fusion", 
     t0 = time.perf_counter()
     res = prune(loaded.model, loaded.example_inputs, groups, sparsity, method=method, criterion=criterion,
                 options=options, taylor_batches=taylor_batches, seed=seed,
-                repair=repair, repair_data=repair_data if repair.kind == "data" else None)
+                repair=repair, repair_data=repair_data if repair.uses_data else None)
     seconds = time.perf_counter() - t0
     after = _measure(res.model, loaded.example_inputs, x, y, reference)
     rep = res.repair
@@ -140,7 +143,7 @@ def prune_report(loaded, x, y, groups, sparsity: float, method: str = "fusion", 
         "seconds": seconds,
         "repair_details": ({"seconds": rep.seconds, **rep.details} if rep is not None else {}),
     }
-    if repair.kind == "data":
+    if repair.uses_data:
         report["repair_details"]["inputs"] = len(repair_data)
     return res, report
 
@@ -180,13 +183,14 @@ def cmd_prune(args) -> int:
     repair = _repair_options(args)
     loaded = load_model(args)
     data = None
-    if repair.kind == "data":  # first, so a missing training split is named as the repair's problem
+    if repair.uses_data:  # first, so a missing training split is named as the repair's problem
         try:
             data = repair_images(loaded.dataset, loaded.preprocessing, args.repair_samples, args.seed, args.data)
         except DatasetUnavailable as exc:
             raise DatasetUnavailable(
-                f"the data repair needs unlabelled {get_info(loaded.dataset).name} training images, but "
-                f"{str(exc).rstrip('.')}; or use --repair moments or synthetic, which need no data.") from None
+                f"the {repair.kind} repair needs unlabelled {get_info(loaded.dataset).name} training images, but "
+                f"{str(exc).rstrip('.')}; or use --repair moments or synthetic (or refit-synthetic), which need no "
+                "data.") from None
     x, y = eval_data(loaded, args, args.limit)
     taylor = taylor_batches(loaded, args) if args.criterion == "taylor" else None
     from ..device import compute_on
@@ -230,11 +234,16 @@ def register(subparsers) -> None:
                    help="Model Folding's variant: plain, or ar (Fold-AR, its data-free moment repair)")
     p.add_argument("--criterion", choices=CRITERIA, default="l1")
     p.add_argument("--repair", default="none",
-                   help=f"one of {', '.join(REPAIRS)} (default none); 'data' uses unlabelled training images")
+                   help=f"one of {', '.join(REPAIRS)} (default none). No data: bias, moments, synthetic (BatchNorm "
+                        "statistics re-estimated on a batch matched to the stored ones), refit-synthetic (every "
+                        "layer refitted to the original's outputs on that synthetic batch, least squares). Uses "
+                        "unlabelled training images: data (re-estimation on them), refit-data (the refit on them)")
     p.add_argument("--repair-samples", type=int, default=REPAIR_SAMPLES,
-                   help=f"training images the data repair uses (default {REPAIR_SAMPLES}; never their labels)")
-    p.add_argument("--synthetic-size", type=int, help="images in the synthetic repair's batch")
-    p.add_argument("--synthetic-steps", type=int, help="optimisation steps of the synthetic batch")
+                   help=f"training images the data and refit-data repairs use (default {REPAIR_SAMPLES}; never "
+                        "their labels)")
+    p.add_argument("--synthetic-size", type=int, help="images in the synthetic batch (synthetic, refit-synthetic)")
+    p.add_argument("--synthetic-steps", type=int,
+                   help="optimisation steps of the synthetic batch (synthetic, refit-synthetic)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=sample_count, help="evaluate on a stratified subset of this many test samples")
     p.add_argument("--out", help="write the pruned model here (safetensors, with its config)")

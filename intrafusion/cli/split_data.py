@@ -48,7 +48,9 @@ def register(subparsers) -> None:
     p.add_argument("--sparsity", type=float, help="fraction of every group's channels pruned (default 0.5)")
     p.add_argument("--train-size", type=int, help="class-balanced training subset (default: all)")
     p.add_argument("--test-size", type=int, help="class-balanced test subset (default: all)")
-    p.add_argument("--repair", choices=list(REPAIRS), help="repair step after each pruning (default none)")
+    p.add_argument("--repair", choices=list(REPAIRS),
+                   help="repair step after each pruning (default none); data and refit-data read unlabelled "
+                        "training images (never their labels), the others none")
     p.add_argument("--fusion", choices=["activation", "weight"], help="model-fusion cost (default activation)")
     p.add_argument("--seed", type=int)
     p.add_argument("--json", action="store_true", help="the whole result as one JSON line")

@@ -12,6 +12,7 @@ def cmd_sweep(args) -> int:
     from tqdm import tqdm
 
     from ..core.prune import TransportOptions
+    from ..core.repair import RepairOptions
     from ..evaluate import evaluate, predict_logits
     from ..experiments.sweep import sweep, sweep_cells
 
@@ -20,7 +21,7 @@ def cmd_sweep(args) -> int:
     groups = "all" if args.whole_model else args.groups
     cells = sweep_cells(groups, args.sparsities, args.methods, args.normalization, args.repair)  # fail fast
     loaded = load_model(args)
-    repair_data = _repair_data(loaded, args) if "data" in args.repair else None
+    repair_data = _repair_data(loaded, args) if any(RepairOptions(r).uses_data for r in args.repair) else None
     x, y = eval_data(loaded, args, args.limit)
     options = TransportOptions(normalization=args.normalization[0], target=args.target,
                                source_marginal=args.marginals, target_marginal=args.marginals,
@@ -47,7 +48,8 @@ def cmd_sweep(args) -> int:
 
 
 def _repair_data(loaded, args):
-    """Unlabelled training images for the ``data`` repair (a seeded sample; labels are never read)."""
+    """Unlabelled training images for the repairs that use data (``data``, ``refit-data``; a seeded sample, labels
+    are never read)."""
     from .prune import REPAIR_SAMPLES, repair_images
 
     return repair_images(loaded.dataset, loaded.preprocessing, REPAIR_SAMPLES, args.seed, args.data)
@@ -55,11 +57,14 @@ def _repair_data(loaded, args):
 
 def format_rows(rows, name: str, base_accuracy: float, criterion: str) -> str:
     """One line per row: group, sparsity, method, repair, accuracy, logit distance (whole-model and repairs)."""
+    wl = max([30] + [len(r.label) for r in rows])  # 'fusion (function-preserving) + refit-synthetic repair'
+    wr = max([10] + [len(r.repair) + 1 for r in rows])
     lines = [f"{name}: unpruned accuracy {base_accuracy:.2f}%, criterion {criterion}; accuracy in %, "
              "dist = mean L2 distance to the unpruned logits; * = the repair used unlabelled training images",
-             f"{'group':>5} {'s':>5} {'method':<30} {'repair':<10} {'acc %':>7} {'dist':>9} {'s/cell':>7}"]
+             f"{'group':>5} {'s':>5} {'method':<{wl}} {'repair':<{wr}} {'acc %':>7} {'dist':>9} {'s/cell':>7}"]
     for r in rows:
-        lines.append(f"{r.group!s:>5} {r.sparsity:>5.2f} {r.label:<30} {r.repair + ('*' if r.uses_data else ''):<10}"
+        rep = r.repair + ("*" if r.uses_data else "")
+        lines.append(f"{r.group!s:>5} {r.sparsity:>5.2f} {r.label:<{wl}} {rep:<{wr}}"
                      f" {r.accuracy:>7.2f} {r.logit_distance:>9.3f} {r.seconds + r.eval_seconds:>7.2f}")
     return "\n".join(lines)
 
@@ -108,7 +113,9 @@ def register(subparsers) -> None:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["default", "fusion"],
                    help="pruning methods to compare")
     p.add_argument("--repair", nargs="+", choices=REPAIRS, default=["none"],
-                   help="repair(s) after each method; 'data' reads unlabelled training images (uses_data)")
+                   help="repair(s) after each method. No data: bias, moments, synthetic, refit-synthetic (every "
+                        "layer refitted by least squares to the original's outputs on the synthetic batch). Read "
+                        "unlabelled training images (uses_data, marked * in the table): data, refit-data")
     p.add_argument("--workers", type=_workers, default=1,
                    help="parallel workers (Ray); 1 runs in this process without Ray")
     p.add_argument("--address", help="Ray cluster to run on (default $RAY_ADDRESS, else a local instance)")

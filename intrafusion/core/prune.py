@@ -30,12 +30,14 @@ from .transport import (
     MARGINALS,
     NORMALIZATIONS,
     SOLVERS,
+    TARGET_MARGINALS,
     TARGETS,
     apply_map,
     centroids,
     cost_matrix,
     feature_vectors,
     marginal,
+    nearest_marginal,
     solve,
     transport_map,
 )
@@ -69,7 +71,10 @@ class TransportOptions:
         ``function-preserving``: producers averaged, consumers summed.
     target : {'kept', 'centroids'}
         Targets are the m kept channels, or m k-means centroids of the feature vectors.
-    source_marginal, target_marginal : {'uniform', 'importance'}
+    source_marginal : {'uniform', 'importance'}
+    target_marginal : {'uniform', 'importance', 'nearest'}
+        ``nearest``: each target's share of the channels closest to it (see
+        :func:`intrafusion.core.transport.nearest_marginal`).
     solver : {'emd', 'sinkhorn'}
     reg : float
         Sinkhorn regularisation, relative to the largest cost.
@@ -90,7 +95,7 @@ class TransportOptions:
             ("normalization", NORMALIZATIONS),
             ("target", TARGETS),
             ("source_marginal", MARGINALS),
-            ("target_marginal", MARGINALS),
+            ("target_marginal", TARGET_MARGINALS),
             ("solver", SOLVERS),
         ):
             if getattr(self, name) not in allowed:
@@ -281,7 +286,8 @@ def _plan(graph: PruningGraph, index: int, tp_group, importance: np.ndarray, kep
     timings["cost"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mu = marginal(options.source_marginal, len(importance), importance)
-    nu = marginal(options.target_marginal, len(kept), target_weights)
+    nu = (nearest_marginal(cost) if options.target_marginal == "nearest"
+          else marginal(options.target_marginal, len(kept), target_weights))
     plan = solve(mu, nu, cost, options.solver, options.reg)
     map_out, map_in = transport_map(plan, mu, options.normalization)
     timings["solve"] = time.perf_counter() - t0
@@ -396,9 +402,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence
     else:
         options = options if isinstance(options, TransportOptions) else TransportOptions()
     repair_opts = RepairOptions.coerce(repair)
-    if repair_opts.kind == "data" and repair_data is None:
-        raise ValueError("repair='data' needs repair_data: a tensor of a few hundred unlabelled training inputs "
-                         "(N, C, H, W); use repair='synthetic' or 'moments' for a repair without data")
+    if repair_opts.uses_data and repair_data is None:
+        raise ValueError(f"repair='{repair_opts.kind}' needs repair_data: a tensor of a few hundred unlabelled "
+                         "training inputs (N, C, H, W); use repair='synthetic' or 'moments' for a repair without data")
     targets = bn_targets(model) if repair_opts.kind != "none" else {}
     keep_features = keep_features or repair_opts.corrects_bias  # moments and bias take rho from feature cosines
     if taylor_batches is not None and not isinstance(taylor_batches, list | tuple):

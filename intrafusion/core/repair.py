@@ -23,6 +23,12 @@ folding: the cluster means). The kinds (``REPAIRS``):
   (:mod:`intrafusion.core.synthetic`), cached on disk; the pruned network's BatchNorms are set to their
   targets and their running statistics re-estimated on it (train-mode forward passes, no gradient step).
 - ``data``: the same re-estimation on real, unlabelled inputs (``uses_data`` True). Never reads a label.
+- ``refit-synthetic`` (no real data) and ``refit-data`` (unlabelled real inputs, ``uses_data`` True): every
+  dense layer refitted in execution order by ridge regression to the original network's outputs mapped to the
+  pruned channels (:mod:`intrafusion.core.reconstruct`): closed form, no gradient step, no label. Where BatchNorm
+  re-estimation only restores each channel's mean and scale, the refit also corrects what the merged or
+  dropped channels did to every consumer's weights. Models with depthwise or grouped convolutions (which the
+  refit leaves alone) get the re-estimation first.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 from torch import nn
 
 from .bias import BiasCorrection, expected_relu
+from .reconstruct import reconstruct_layers
 from .synthetic import SyntheticOptions, bn_mismatch, synthetic_batch_info
 from .synthetic import synthetic_batch as _synthetic_batch
 
@@ -42,7 +49,7 @@ __all__ = ["REPAIRS", "REPAIR_TARGETS", "BiasCorrection", "RepairOptions", "Repa
            "bn_mismatch", "channel_targets", "check_targets", "expected_relu", "post_statistics", "reestimate_bn",
            "std_ratios", "synthetic_batch"]
 
-REPAIRS = ("none", "bias", "moments", "synthetic", "data")
+REPAIRS = ("none", "bias", "moments", "synthetic", "data", "refit-synthetic", "refit-data")
 REPAIR_TARGETS = ("kept", "mapped")
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -53,9 +60,12 @@ class RepairOptions:
 
     Attributes
     ----------
-    kind : {'none', 'bias', 'moments', 'synthetic', 'data'}
+    kind : {'none', 'bias', 'moments', 'synthetic', 'data', 'refit-synthetic', 'refit-data'}
     target : {'kept', 'mapped'}
-        Target statistics of a fused channel: the kept channel's, or the map-weighted average of its sources'.
+        Target statistics of a fused channel: the kept channel's, or the map-weighted average of its sources'
+        (for the refit: the target outputs of every pruned channel, likewise).
+    ridge : float
+        The refit's pull towards the method's weights, relative to the mean diagonal of X^T X.
     synthetic_size, synthetic_steps, synthetic_lr : int, int, float or None
         Override the synthetic recipe's number of inputs, Adam steps and learning rate (None: the recipe's).
     synthetic : SyntheticOptions or None
@@ -77,19 +87,33 @@ class RepairOptions:
     batch_size: int = 64
     seed: int = 0
     cache_dir: str | None = None
+    ridge: float = 1e-2
 
     def __post_init__(self):
         if self.kind not in REPAIRS:
             raise ValueError(f"unknown repair {self.kind!r}: choose one of {', '.join(REPAIRS)}")
         if self.target not in REPAIR_TARGETS:
             raise ValueError(f"unknown repair target {self.target!r}: choose one of {', '.join(REPAIR_TARGETS)}")
+        if not self.ridge >= 0:
+            raise ValueError(f"the refit ridge must be non-negative, got {self.ridge}")
         if self.batch_size < 2:
             raise ValueError("the re-estimation batch_size must be at least 2 (BatchNorm needs a batch)")
         self.synthetic_options()  # validates the synthetic settings
 
     @property
     def uses_data(self) -> bool:
-        return self.kind == "data"
+        return self.kind in ("data", "refit-data")
+
+    @property
+    def inputs(self) -> str | None:
+        """Where the repair's inputs come from: 'synthetic', 'data' or None (no inputs)."""
+        if self.kind in ("synthetic", "refit-synthetic"):
+            return "synthetic"
+        return "data" if self.uses_data else None
+
+    @property
+    def refits(self) -> bool:
+        return self.kind.startswith("refit-")
 
     @property
     def corrects_bias(self) -> bool:
@@ -265,9 +289,9 @@ def apply_repair(model: nn.Module, example_inputs: torch.Tensor, original: nn.Mo
     if options.kind == "none":
         return None
     t0 = time.perf_counter()
-    if options.kind == "data" and repair_data is None:
-        raise ValueError("repair='data' needs repair_data: a tensor of a few hundred unlabelled training inputs "
-                         "(N, C, H, W); use repair='synthetic' or 'moments' for a repair without data")
+    if options.uses_data and repair_data is None:
+        raise ValueError(f"repair='{options.kind}' needs repair_data: a tensor of a few hundred unlabelled "
+                         "training inputs (N, C, H, W); use repair='synthetic' or 'moments' for a repair without data")
     check_targets(targets)
     details = dict(details or {})
     if not any(len(r.pruned) for r in records):
@@ -276,8 +300,8 @@ def apply_repair(model: nn.Module, example_inputs: torch.Tensor, original: nn.Mo
     if options.kind == "moments":
         details["channels"] = moments_repair(model, targets, records, options.target)
         details["note"] = "moments rescales only layers with a BatchNorm (folding: bias correction only)"
-    elif options.kind in ("synthetic", "data"):
-        if options.kind == "synthetic":
+    elif options.inputs is not None:
+        if options.inputs == "synthetic":
             t1 = time.perf_counter()
             inputs, info = synthetic_batch_info(original, example_inputs, options.synthetic_options(),
                                                 options.cache_dir)
@@ -286,8 +310,19 @@ def apply_repair(model: nn.Module, example_inputs: torch.Tensor, original: nn.Mo
             details["synthetic_cached"] = info["cached"]
         else:
             inputs = repair_data
-        reestimate_bn(model, inputs, kept_targets(model, targets, records, options.target), options.batch_size)
+        # The refit replaces every dense layer's weights and its BatchNorm, so it needs no re-estimation first
+        # (and skipping it keeps an exact pruning exact); layers it leaves alone (depthwise, grouped convs) do.
+        if not options.refits or any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
+            reestimate_bn(model, inputs, kept_targets(model, targets, records, options.target), options.batch_size)
         details["inputs"] = len(inputs)
+        if options.refits:
+            t1 = time.perf_counter()
+            fit = reconstruct_layers(model, original, inputs, records, options.target, options.ridge,
+                                     options.batch_size)
+            errors = fit["relative_error"]
+            details["refit_layers"] = fit["layers"]
+            details["refit_worst_error"] = max(errors.values()) if errors else 0.0
+            details["refit_seconds"] = time.perf_counter() - t1
     return RepairResult(options.kind, options.uses_data, time.perf_counter() - t0, details)
 
 

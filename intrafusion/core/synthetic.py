@@ -166,7 +166,7 @@ def synthetic_batch_info(model: nn.Module, example_inputs: torch.Tensor, options
     bns = {n: m for n, m in model.named_modules() if isinstance(m, _BN)}
     if not bns:
         raise ValueError("a synthetic batch needs BatchNorm statistics: this model has no BatchNorm layer; "
-                         "use repair='data' (unlabelled real inputs) instead")
+                         "use repair='data' or 'refit-data' (unlabelled real inputs) instead")
     for n, m in bns.items():
         if m.running_var is None or not bool(torch.isfinite(m.running_var).all()) or bool((m.running_var < 0).any()):
             raise ValueError(f"BatchNorm '{n}' has missing, NaN or negative running statistics: load a healthy "

@@ -27,6 +27,7 @@ __all__ = [
     "SOLVERS",
     "TARGETS",
     "MARGINALS",
+    "TARGET_MARGINALS",
     "apply_map",
     "centroids",
     "cost_matrix",
@@ -40,6 +41,8 @@ NORMALIZATIONS = ("paper", "function-preserving")
 SOLVERS = ("emd", "sinkhorn")
 TARGETS = ("kept", "centroids")
 MARGINALS = ("uniform", "importance")
+#: Target marginals: also ``nearest``, each target's share of the channels that are closest to it.
+TARGET_MARGINALS = MARGINALS + ("nearest",)
 
 
 def feature_vectors(slices: list[LayerSlice]) -> torch.Tensor:
@@ -256,6 +259,19 @@ def marginal(kind: str, size: int, weights: np.ndarray | None = None) -> np.ndar
         raise ValueError(f"unknown marginal {kind!r}: choose one of {', '.join(MARGINALS)}")
     w = np.clip(np.asarray(weights, dtype=np.float64), 0, None) + 1e-12
     return w / w.sum()
+
+
+def nearest_marginal(cost: np.ndarray) -> np.ndarray:
+    """nu_t = (number of sources whose cheapest target is t) / n: the Voronoi share of every target.
+
+    With a uniform source marginal the optimal plan is then the nearest-target assignment itself (it is feasible
+    and gives every source its smallest cost), so the map merges each channel into the target closest to it,
+    with clusters as large as the channels' geometry makes them, instead of the n/m channels per target that a
+    uniform target marginal forces. A target that no source is nearest to (possible with centroid targets) keeps
+    a tiny mass (1e-9 channels), so every target row of the map stays defined."""
+    counts = np.bincount(np.asarray(cost).argmin(axis=1), minlength=cost.shape[1]).astype(np.float64)
+    counts[counts == 0] = 1e-9
+    return counts / counts.sum()
 
 
 def solve(mu: np.ndarray, nu: np.ndarray, cost: np.ndarray, solver: str = "emd", reg: float = 0.05) -> np.ndarray:

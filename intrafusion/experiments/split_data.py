@@ -36,7 +36,7 @@ from torch import nn
 
 from ..core.model_fusion import MODES, average_models, fuse_models
 from ..core.prune import prune
-from ..core.repair import reestimate_bn
+from ..core.repair import RepairOptions, reestimate_bn
 from ..data import get_info, load_dataset, subset
 from ..evaluate import evaluate
 from ..models.architectures import build_model
@@ -352,7 +352,8 @@ class _Run:
         c = self.config
         t0 = time.perf_counter()
         res = prune(model, self.example, "all", c.sparsity, method="fusion", criterion=c.criterion, repair=c.repair,
-                    repair_data=self.repair_data if c.repair == "data" else None, seed=c.seed)
+                    repair_data=self.repair_data if RepairOptions.coerce(c.repair).uses_data else None,
+                    seed=c.seed)
         return res.model, time.perf_counter() - t0
 
     def fuse(self, models: list[nn.Module]) -> tuple[nn.Module, float, dict]:

@@ -201,7 +201,8 @@ def _run_cell(cell: Cell, shared: dict) -> SweepRow:
         group=g, n=n, sparsity=s, kept=kept, method=method, normalization=norm, criterion=shared["criterion"],
         accuracy=ev.accuracy, logit_distance=float(ev.logit_distance), agreement=float(ev.agreement),
         params=sum(p.numel() for p in res.model.parameters()), seconds=t1 - t0, eval_seconds=t2 - t1,
-        repair=repair, uses_data=repair == "data", distances=ev.distances if shared["keep_distances"] else None,
+        repair=repair, uses_data=RepairOptions.coerce(repair).uses_data,
+        distances=ev.distances if shared["keep_distances"] else None,
     )
 
 
@@ -260,9 +261,9 @@ def sweep(model: nn.Module, example_inputs: torch.Tensor, inputs: torch.Tensor, 
     options = options or TransportOptions()
     repairs = tuple(repairs or ("none",))
     cells = sweep_cells(groups, sparsities, methods, normalizations, repairs)  # bad settings fail before any work
-    if "data" in repairs and repair_data is None:
-        raise ValueError("the 'data' repair needs repair_data: a few hundred unlabelled training images "
-                         "(N, C, H, W); leave 'data' out of repairs for a sweep without data")
+    if any(RepairOptions.coerce(r).uses_data for r in repairs) and repair_data is None:
+        raise ValueError("the 'data' and 'refit-data' repairs need repair_data: a few hundred unlabelled training "
+                         "images (N, C, H, W); leave them out of repairs for a sweep without data")
     repair_options = repair_options or RepairOptions()
     if "synthetic" in repairs:  # made once (and cached on disk) here, not raced by every worker
         from ..core.repair import synthetic_batch

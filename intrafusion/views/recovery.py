@@ -146,7 +146,8 @@ class WholeModelRow:
     ----------
     label : str
     table : dict
-        method, uses data, accuracy %, parameters, MACs, logit distance, prune seconds.
+        method, uses data, accuracy %, parameters, MACs, logit distance, prune seconds (pruning and repair),
+        repair seconds (the repair alone; 0 without one).
     profile : dict
         BatchNorm layer -> (mean, min, max) over its channels of std after pruning / std before.
     result : PruneResult
@@ -173,7 +174,8 @@ def whole_model_row(model: nn.Module, example_inputs, inputs, labels, variant, s
     rep = model_report(res.model, example_inputs, inputs, labels, latency=False, reference_logits=reference_logits)
     table = {"method": variant.label, "uses data": uses_data(variant.repair), "accuracy %": rep["accuracy"],
              "parameters": rep["params"], "MACs": rep["macs"], "logit distance": rep["logit_distance"],
-             "prune seconds": res.timings.get("total", 0.0)}
+             "prune seconds": res.timings.get("total", 0.0),
+             "repair seconds": res.repair.seconds if getattr(res, "repair", None) is not None else 0.0}
     ratios = std_ratios(res.model, model, inputs[:profile_images])
     profile = {name: (float(r.mean()), float(r.min()), float(r.max())) for name, r in ratios.items()}
     return WholeModelRow(variant.label, table, profile, res)

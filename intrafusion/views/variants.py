@@ -99,6 +99,12 @@ class Variant:
     def label(self) -> str:
         return f"{self.base_label} [{self.setting}]" if self.setting else self.base_label
 
+    @property
+    def uses_data(self) -> bool:
+        """True when the repair reads unlabelled training images (``data``, ``refit-data``): the caller must
+        fetch them and pass ``repair_data``."""
+        return uses_data(self.repair)
+
     def transport_options(self) -> TransportOptions:
         opts = dict(self.options)
         opts["normalization"] = self.normalization or "paper"
@@ -148,7 +154,7 @@ class CellRow:
 
     @property
     def uses_data(self) -> bool:
-        """True when the repair read training images (the ``data`` repair; never their labels)."""
+        """True when the repair read training images (``data``, ``refit-data``; never their labels)."""
         return uses_data(self.repair)
 
     def to_dict(self) -> dict:
@@ -159,8 +165,8 @@ class CellRow:
 
 
 def uses_data(repair: str | None) -> bool:
-    """Whether a repair kind reads real training images (only ``data``: the upper bound the others are measured
-    against). Read from :class:`intrafusion.core.repair.RepairOptions` when the library has it."""
+    """Whether a repair kind reads real training images (``data`` and ``refit-data``: the upper bounds the others
+    are measured against). Read from :class:`intrafusion.core.repair.RepairOptions` when the library has it."""
     if repair in (None, "none"):
         return False
     try:
@@ -168,7 +174,7 @@ def uses_data(repair: str | None) -> bool:
 
         return bool(RepairOptions(repair).uses_data)
     except (ImportError, TypeError, ValueError):
-        return repair == "data"
+        return repair in ("data", "refit-data")
 
 
 def prune_variant(model: nn.Module, example_inputs: torch.Tensor, groups, sparsity: float, variant: Variant,
@@ -181,9 +187,9 @@ def prune_variant(model: nn.Module, example_inputs: torch.Tensor, groups, sparsi
             raise ValueError(f"repair {variant.repair!r} is not available: choose one of "
                              f"{', '.join(available_repairs())}")
         kwargs["repair"] = variant.repair
-        if variant.repair == "data":
+        if uses_data(variant.repair):
             if repair_data is None:
-                raise ValueError("the 'data' repair needs unlabelled training images: pass repair_data")
+                raise ValueError(f"the '{variant.repair}' repair needs unlabelled training images: pass repair_data")
             kwargs["repair_data"] = repair_data
     if variant.method not in available_methods():
         raise ValueError(f"method {variant.method!r} is not available: choose one of "

@@ -102,6 +102,10 @@ class Section:
         ``write(out_dir, tables)``: extra files besides the CSV tables.
     files : str
         How the report's Files paragraph describes the section's files.
+    parts : tuple of tuples of str
+        Independent parts of the section that ``reproduce --workers`` may run as separate tasks, each with
+        ``run(ctx, parts=...)``; every table comes from one part, so concatenating them gives the serial tables.
+        Empty: the section is one task.
     """
 
     name: str
@@ -113,6 +117,7 @@ class Section:
     plots: Callable[..., list[str]] = lambda out, tables, infos: []
     write: Callable[..., None] = _none
     files: str = ""
+    parts: tuple[tuple[str, ...], ...] = ()
 
 
 # -- progress, parameters ---------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ this run: ``RepairSettings.max_macs``), ℓ1 importance, four parts:
 
 1. ``whole``: every group pruned at once at s = 0.1, 0.3, 0.5, 0.7 for every (method, normalisation, repair):
    default pruning, Intra-Fusion with the paper's and the function-preserving map, Model Folding (when the
-   library has it), each followed by every repair kind (``none``, ``moments``, ``synthetic``, ``data``).
+   library has it), each followed by every repair kind (``none``, ``bias``, ``moments``, ``synthetic``, ``data``,
+   ``refit-synthetic``, ``refit-data``).
 2. ``single``: each group pruned alone at s = 0.1 ... 0.7, default and the paper's Intra-Fusion without repair
    against the data-free repaired variants.
 3. ``finetune``: claim 4's protocol (whole model at neuron sparsity 0.4 / 0.6 / 0.7, BatchNorm re-estimated,
@@ -22,7 +23,7 @@ Findings, claims (the targets of issue 9), plots and the report section are in :
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -58,24 +59,28 @@ REPAIR_COLUMNS = {"repair_whole": WHOLE_COLUMNS, "repair_single": SINGLE_COLUMNS
 
 @dataclass(frozen=True)
 class Variant:
-    """One (method, normalisation, repair). ``normalization`` is Intra-Fusion's map, Model Folding's variant
-    ('plain' or 'ar', i.e. Fold-AR) for folding, and None for default pruning."""
+    """One (method, normalisation, repair[, target marginal]). ``normalization`` is Intra-Fusion's map, Model
+    Folding's variant ('plain' or 'ar', i.e. Fold-AR) for folding, and None for default pruning; ``marginal`` is
+    Intra-Fusion's target marginal (``nearest``: each kept channel's share of the channels closest to it)."""
 
     method: str
     normalization: str | None
     repair: str
+    marginal: str = "uniform"
 
     @property
     def label(self) -> str:
         base = method_label(self.method, self.normalization)
         if self.method == "folding" and self.normalization not in (None, "plain"):
             base = f"folding {self.normalization.upper()}"
+        if self.method == "fusion" and self.marginal != "uniform":
+            base = f"{base[:-1]}, {self.marginal})"
         return base if self.repair == "none" else f"{base} + {self.repair}"
 
     def options(self):
         if self.method == "folding":
             return FoldingOptions(variant=self.normalization or "plain")
-        return TransportOptions(normalization=self.normalization or "paper")
+        return TransportOptions(normalization=self.normalization or "paper", target_marginal=self.marginal)
 
     @property
     def uses_data(self) -> bool:
@@ -133,16 +138,19 @@ FULL_REPAIR = RepairSettings(
     single_sparsities=(0.1, 0.3, 0.5, 0.7), single_eval=500,
     single_variants=(("default", None, "none"), ("fusion", "paper", "none"), ("fusion", "paper", "synthetic"),
                      ("fusion", "function-preserving", "synthetic"), ("fusion", "function-preserving", "moments"),
-                     ("folding", "plain", "synthetic")),
+                     ("folding", "plain", "synthetic"), ("fusion", "paper", "refit-synthetic"),
+                     ("fusion", "paper", "refit-synthetic", "nearest"), ("folding", "plain", "refit-synthetic")),
     finetune_max_train=2000,
     finetune_variants=(("default", None, "none"), ("fusion", "paper", "synthetic"),
-                       ("fusion", "function-preserving", "synthetic")))
+                       ("fusion", "function-preserving", "synthetic"), ("fusion", "paper", "refit-synthetic"),
+                       ("fusion", "paper", "refit-synthetic", "nearest")))
 #: ``--quick``: one model, one sparsity, moments and none (and one tiny synthetic batch), a 1-epoch fine-tuning
 #: pair on 256 training images.
 QUICK_REPAIR = RepairSettings(
     whole_sparsities=(0.3,),
     whole_variants=(("default", None, "none"), ("fusion", "paper", "none"), ("fusion", "function-preserving", "none"),
-                    ("fusion", "function-preserving", "moments"), ("fusion", "function-preserving", "synthetic")),
+                    ("fusion", "function-preserving", "moments"), ("fusion", "function-preserving", "synthetic"),
+                    ("fusion", "paper", "refit-synthetic", "nearest")),
     whole_eval=300, single_eval=300, finetune_test=300,
     single_sparsities=(0.5,), single_all_groups=False,
     single_variants=(("default", None, "none"), ("fusion", "paper", "none"), ("fusion", "paper", "moments")),
@@ -174,13 +182,13 @@ def plan(rs: RepairSettings, part: str) -> list[Variant]:
     else:
         todo = [Variant("default", None, "none")] + [Variant("fusion", n, r) for n in ("paper", "function-preserving")
                                                      for r in REPAIRS if _datafree(r)]
-    methods = {m for m, _ in _methods()}  # what the library offers now
+    methods = {m[0] for m in _methods()}  # what the library offers now
     return [v for v in todo if v.method in methods and v.repair in REPAIRS
             and (rs.methods is None or v.method in rs.methods) and (rs.repairs is None or v.repair in rs.repairs)]
 
 
-def _methods() -> list[tuple[str, str | None]]:
-    out = [("default", None), ("fusion", "paper"), ("fusion", "function-preserving")]
+def _methods() -> list[tuple]:
+    out = [("default", None), ("fusion", "paper"), ("fusion", "function-preserving"), ("fusion", "paper", "nearest")]
     if "folding" in getattr(prune_module, "METHODS", ()):
         out.append(("folding", "plain"))
     return out
@@ -189,7 +197,7 @@ def _methods() -> list[tuple[str, str | None]]:
 def variants(repairs) -> list[Variant]:
     """Every available method with every repair in ``repairs`` (in that order), and Fold-AR unrepaired
     (Model Folding's own data-free repair) when folding is available."""
-    out = [Variant(m, n, r) for m, n in _methods() for r in repairs if r in REPAIRS]
+    out = [Variant(m[0], m[1], r, *m[2:]) for m in _methods() for r in repairs if r in REPAIRS]
     if "folding" in getattr(prune_module, "METHODS", ()) and "none" in repairs:
         out.append(Variant("folding", "ar", "none"))
     return out
@@ -214,7 +222,7 @@ class _Pruner:
         self.synthetic_seconds = None  # the first synthetic repair of a model makes (or reads) the cached batch
 
     def label(self, v: Variant) -> str:
-        if v.repair == "data" and self.rs.data_images != DATA_IMAGES:
+        if v.uses_data and self.rs.data_images != DATA_IMAGES:
             return f"{v.label} ({len(self.data)} images)"
         return v.label
 
@@ -229,7 +237,7 @@ class _Pruner:
         with ctx.compute():  # the transport cost on the run's device; weights are pruned and repaired on the CPU
             res = prune(ctx.model, ctx.ex, groups, sparsity, method=v.method, criterion="l1", options=v.options(),
                         importance=importance,
-                        repair=self.options(v.repair), repair_data=self.data if v.repair == "data" else None)
+                        repair=self.options(v.repair), repair_data=self.data if v.uses_data else None)
         seconds = time.perf_counter() - t0
         rep = res.repair
         synth = rep.details.get("synthetic_seconds") if rep is not None else None
@@ -258,9 +266,16 @@ def _score(ctx, model, data=None) -> tuple[float, float, float]:
     return round(ev.accuracy, 3), round(float(ev.logit_distance), 5), round(float(ev.agreement), 3)
 
 
-def run(ctx, rs: RepairSettings | None = None) -> dict[str, list[dict]]:
-    """The four parts on one model (CNNs under ``max_macs`` only; the MLP only fine-tunes)."""
+#: The parts ``reproduce --workers`` runs as separate tasks (the std ratios are measured with the whole model).
+PARTS = (("whole", "std"), ("single",), ("finetune",))
+
+
+def run(ctx, rs: RepairSettings | None = None, parts: tuple[str, ...] | None = None) -> dict[str, list[dict]]:
+    """The four parts on one model (CNNs under ``max_macs`` only; the MLP only fine-tunes); ``parts`` limits
+    the run to some of them (each table comes from one part)."""
     rs = rs or repair_settings(ctx.settings)
+    if parts is not None:
+        rs = replace(rs, parts=tuple(p for p in rs.parts if p in parts))
     t_start, cpu_start = time.perf_counter(), time.process_time()
     tables: dict[str, list[dict]] = {k: [] for k in REPAIR_COLUMNS}
     cnn = _has_bn(ctx.model) and ctx.macs <= rs.max_macs

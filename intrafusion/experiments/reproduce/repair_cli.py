@@ -20,15 +20,17 @@ __all__ = ["main"]
 
 
 def _variants(specs):
-    """'fusion:function-preserving:synthetic' -> ('fusion', 'function-preserving', 'synthetic')."""
+    """'fusion:function-preserving:synthetic' -> ('fusion', 'function-preserving', 'synthetic'); a fourth part is
+    Intra-Fusion's target marginal ('fusion:paper:refit-synthetic:nearest')."""
     if not specs:
         return None
     out = []
     for spec in specs:
         parts = spec.split(":")
-        if len(parts) != 3:
-            raise SystemExit(f"a variant is METHOD:NORMALIZATION:REPAIR (normalisation empty unless fusion): {spec}")
-        out.append((parts[0], parts[1] or None, parts[2]))
+        if len(parts) not in (3, 4):
+            raise SystemExit(f"a variant is METHOD:NORMALIZATION:REPAIR[:MARGINAL] (normalisation empty unless "
+                             f"fusion): {spec}")
+        out.append((parts[0], parts[1] or None, *parts[2:]))
     return tuple(out)
 
 

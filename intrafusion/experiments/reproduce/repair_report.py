@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import Report, Section, figure, read_csv, save, write_csv
-from .repair import REPAIR_COLUMNS, run
+from .repair import PARTS, REPAIR_COLUMNS, run
 
 __all__ = ["SECTION", "claims", "findings", "plots", "report", "report_only", "run_repair_only"]
 
@@ -31,10 +31,11 @@ MODEL_FOLDING_REFERENCE = {"plain (no data)": (78.6, 32.2), "Fold-AR (no data)":
 #: Issue 9's baselines at s = 0.3: the paper's Intra-Fusion without repair (points to beat by 20).
 TARGET_MODELS = ("vgg11_bn-mnist5k", "resnet18-mnist5k", "vgg11_bn-animals10k")
 _REPAIR_COLORS = {"none": "0.3", "bias": "tab:brown", "moments": "tab:green", "synthetic": "tab:purple",
-                  "data": "tab:red"}
-_METHOD_ORDER = ("default", "fusion (paper)", "fusion (function-preserving)", "folding", "folding AR")
+                  "data": "tab:red", "refit-synthetic": "tab:blue", "refit-data": "tab:orange"}
+_METHOD_ORDER = ("default", "fusion (paper)", "fusion (function-preserving)", "fusion (paper, nearest)", "folding",
+                 "folding AR")
 _SHORT = {"default": "default", "fusion (paper)": "IF paper", "fusion (function-preserving)": "IF FP",
-          "folding": "folding", "folding AR": "Fold-AR"}
+          "fusion (paper, nearest)": "IF paper nearest-ν", "folding": "folding", "folding AR": "Fold-AR"}
 
 
 def short(label: str) -> str:
@@ -93,7 +94,10 @@ def _whole_findings(rows: list[dict]) -> dict:
         fold = top(lambda r: r["method"] == "folding" and not int(r["uses_data"]))
         # our upper bound: the data repair on a few hundred images; ``many``: on more (e.g. the whole split)
         data = top(lambda r: int(r["uses_data"]) and r["method"] != "folding" and r["label"].endswith("+ data"))
-        many = top(lambda r: int(r["uses_data"]) and r["method"] != "folding" and not r["label"].endswith("+ data"))
+        many = top(lambda r: int(r["uses_data"]) and r["repair"] == "data" and r["method"] != "folding"
+                   and not r["label"].endswith("+ data"))
+        refit = top(lambda r: int(r["uses_data"]) and r["repair"] == "refit-data" and r["method"] != "folding")
+        data_any = top(lambda r: int(r["uses_data"]) and r["method"] != "folding")
         fold_data = top(lambda r: int(r["uses_data"]) and r["method"] == "folding")
         data_if = top(lambda r: int(r["uses_data"]) and r["method"] == "fusion" and r["label"].endswith("+ data"))
         moments = top(lambda r: r["repair"] == "moments" and r["method"] != "folding")
@@ -105,6 +109,8 @@ def _whole_findings(rows: list[dict]) -> dict:
              "data_best": data and data["accuracy"], "data_best_label": data and data["label"],
              "folding_data": fold_data and fold_data["accuracy"],
              "data_many": many and many["accuracy"], "data_many_label": many and many["label"],
+             "refit_data": refit and refit["accuracy"], "refit_data_label": refit and refit["label"],
+             "data_any": data_any and data_any["accuracy"], "data_any_label": data_any and data_any["label"],
              "data_fusion": data_if and data_if["accuracy"], "data_default": acc.get("default + data"),
              "moments_best": moments and moments["accuracy"], "moments_best_label": moments and moments["label"],
              "if_paper": acc.get("fusion (paper)"), "default": acc.get("default")}
@@ -218,14 +224,22 @@ def claims(f: dict, tables: dict, infos: list[dict]) -> list[dict]:
                              "Model Folding (s = 0.3 / 0.5)", "paper": "Fold-DIR 93.3 / 87.0% (issue 9)",
                     "ours": " / ".join(f"{c['best']:.1f}% ({m:+.1f})" for c, m in zip(v, margins)),
                     "verdict": _verdict(min(margins) > 0)})
+        ref = MODEL_FOLDING_REFERENCE["real-data re-estimation (4,000 images, label-free)"]
         data = [c["data_many"] if c.get("data_many") is not None else c["data_best"] for c in v]
         if all(x is not None for x in data):
-            ref = MODEL_FOLDING_REFERENCE["real-data re-estimation (4,000 images, label-free)"]
             m = [d - r for d, r in zip(data, ref)]
             n = "" if v[0].get("data_many") is None else f" ({v[0]['data_many_label'].rpartition('(')[2].rstrip(')')})"
             out.append({"claim": f"Whole model, label-free data repair{n}, vgg11_bn-mnist5k beats Model Folding's "
                                  "real-data re-estimation (s = 0.3 / 0.5)", "paper": "96.0 / 93.2% (issue 9)",
                         "ours": " / ".join(f"{d:.1f}% ({x:+.1f})" for d, x in zip(data, m)),
+                        "verdict": _verdict(min(m) > 0)})
+        refit = [c.get("refit_data") for c in v]
+        if all(x is not None for x in refit):
+            m = [d - r for d, r in zip(refit, ref)]
+            out.append({"claim": f"Whole model, label-free refit on real images ({short(v[1]['refit_data_label'])}), "
+                                 "vgg11_bn-mnist5k beats Model Folding's real-data re-estimation (s = 0.3 / 0.5)",
+                        "paper": "96.0 / 93.2% (issue 9)",
+                        "ours": " / ".join(f"{d:.1f}% ({x:+.1f})" for d, x in zip(refit, m)),
                         "verdict": _verdict(min(m) > 0)})
     others = [(mdl, s, c) for mdl, ss in wm.items() if mdl != "vgg11_bn-mnist5k" for s, c in ss.items()
               if c.get("folding_best") is not None and c.get("best") is not None]
@@ -256,6 +270,14 @@ def claims(f: dict, tables: dict, infos: list[dict]) -> list[dict]:
         worst = min(gaps, key=lambda t: t[2])
         out.append({"claim": f"{short(best)} within 3 points of the data repair at s = 0.3 and 0.5, every CNN",
                     "paper": "-3 points (issue 9)",
+                    "ours": f"{sum(g >= -3 for *_, g in gaps)} of {len(gaps)} cells; worst {worst[0]} s = {worst[1]}: "
+                            f"{worst[2]:+.1f}", "verdict": _verdict(all(g >= -3 for *_, g in gaps))})
+    gaps = [(m, s, c["best"] - c["refit_data"]) for m, ss in wm.items() for s, c in ss.items()
+            if s in ("0.3", "0.5") and c.get("refit_data") is not None and c.get("best") is not None]
+    if gaps:
+        worst = min(gaps, key=lambda t: t[2])
+        out.append({"claim": f"{short(best)} within 3 points of the same refit on real images (refit-data), "
+                             "s = 0.3 and 0.5, every CNN", "paper": "-3 points (issue 9, against its upper bound)",
                     "ours": f"{sum(g >= -3 for *_, g in gaps)} of {len(gaps)} cells; worst {worst[0]} s = {worst[1]}: "
                             f"{worst[2]:+.1f}", "verdict": _verdict(all(g >= -3 for *_, g in gaps))})
     dd = [(m, s, c["data_fusion"] - c["data_default"]) for m, ss in wm.items() for s, c in ss.items()
@@ -313,9 +335,10 @@ def _plot_whole(out: Path, mid: str, rows: list[dict]) -> str:
             kind = rep.split(" ")[0]
             if pts:
                 # a suffixed repair ('data (4000 images)', another synthetic recipe) is drawn dotted / dash-dotted
-                ls = ("--" if rep == "data" else ":") if kind == "data" else ("-" if rep == kind else "-.")
+                real = kind in ("data", "refit-data")
+                ls = ("--" if rep == kind else ":") if real else ("-" if rep == kind else "-.")
                 ax.plot(*zip(*pts), marker="o", ms=3, color=_REPAIR_COLORS.get(kind, "k"), ls=ls,
-                        label=rep + (" (uses data)" if kind == "data" else ""))
+                        label=rep + (" (uses data)" if real else ""))
         ax.axhline(rows[0]["base_accuracy"], color="k", lw=0.6, ls=":")
         ax.set_title(_SHORT.get(b, b), fontsize=8)
         ax.set_xlabel("sparsity (every group)", fontsize=7)
@@ -368,7 +391,7 @@ def report(doc: Report) -> None:
 
 
 SECTION = Section(name="repair", csv=REPAIR_COLUMNS, run=run, findings=findings, claims=claims, plots=plots,
-                  report=report, files="`repair_whole.csv`, `repair_single.csv`, `repair_finetune.csv`, "
+                  report=report, parts=PARTS, files="`repair_whole.csv`, `repair_single.csv`, `repair_finetune.csv`, "
                                        "`repair_std.csv` (the repair claim)")
 
 
