@@ -86,3 +86,23 @@ def duplicate(base: nn.Module, wide: nn.Module) -> nn.Module:
         sd[k] = out
     wide.load_state_dict(sd)
     return wide.eval()
+
+
+DUPLICATE_CASES = ("mlp", "conv", "residual")
+
+
+def duplicate_oracle(case: str, inputs: int = 16):
+    """(base, wide, group, x, importance): ``wide`` is ``base`` with the channels of ``group`` in exact duplicate
+    pairs, and the importance makes the kept set hold exactly one copy of each pair (first copies first)."""
+    import numpy as np
+
+    make_base, make_wide, group, shape = {
+        "mlp": (lambda: TinyMLP(6), lambda: TinyMLP(12), 0, (8,)),
+        "conv": (lambda: TinyConv(6, 5), lambda: TinyConv(12, 5), 1, (3, 8, 8)),
+        "residual": (lambda: TinyResNet(6, 4), lambda: TinyResNet(12, 4), 0, (3, 8, 8)),
+    }[case]
+    torch.manual_seed(0)
+    base = randomize_bn(make_base(), 0)
+    wide = duplicate(base, make_wide())
+    x = torch.randn(inputs, *shape)
+    return base, wide, group, x, {group: np.r_[np.full(6, 2.0), np.ones(6)]}

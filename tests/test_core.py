@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nets import TinyConv, TinyMLP, TinyResNet, duplicate, randomize_bn
+from nets import DUPLICATE_CASES, TinyConv, TinyMLP, duplicate, duplicate_oracle, randomize_bn
 from torch import nn
 
 from intrafusion.core.fold import fold_batchnorm
@@ -114,24 +114,11 @@ def test_input_model_not_mutated_by_real_pruning():
 
 
 # ---------------------------------------------------------------- duplicate-neuron oracle
-CASES = {
-    "mlp": (lambda: _seeded(TinyMLP, 6), lambda: TinyMLP(12), 0, torch.randn(16, 8)),
-    "conv": (lambda: _seeded(TinyConv, 6, 5), lambda: TinyConv(12, 5), 1, torch.randn(4, 3, 8, 8)),
-    "residual": (lambda: _seeded(TinyResNet, 6, 4), lambda: TinyResNet(12, 4), 0, torch.randn(4, 3, 8, 8)),
-}
-
-
 def _oracle(case):
-    make_base, make_wide, group, x = CASES[case]
-    base = make_base()
-    wide = duplicate(base, make_wide())
-    n = 2 * (12 // 2)  # channels of the duplicated group
-    # first copies more important than second copies: the kept set holds exactly one of each pair
-    imp = {group: np.r_[np.full(n // 2, 2.0), np.ones(n // 2)]}
-    return base, wide, group, x, imp
+    return duplicate_oracle(case)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(DUPLICATE_CASES))
 def test_duplicates_function_preserving_fusion_is_exact(case):
     base, wide, group, x, imp = _oracle(case)
     assert (_out(wide, x) - _out(base, x)).abs().max().item() < 1e-5  # the construction itself

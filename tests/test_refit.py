@@ -11,7 +11,7 @@
 import numpy as np
 import pytest
 import torch
-from nets import TinyConv, TinyMLP, TinyResNet, duplicate, randomize_bn
+from nets import DUPLICATE_CASES, TinyConv, TinyMLP, TinyResNet, duplicate_oracle, randomize_bn
 
 from intrafusion.core.prune import TransportOptions, prune
 from intrafusion.core.reconstruct import layer_targets, reconstruct_layers
@@ -70,16 +70,9 @@ def test_refit_recovers_a_dropped_unit_that_the_kept_ones_span():
     assert (_out(res.model, x_new) - _out(model, x_new)).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("case", ["mlp", "conv", "residual"])
+@pytest.mark.parametrize("case", DUPLICATE_CASES)
 def test_duplicates_fused_function_preserving_stay_exact_after_the_refit(case):
-    make_base, make_wide, group, x = {
-        "mlp": (lambda: _seeded(TinyMLP, 6), lambda: TinyMLP(12), 0, torch.randn(32, 8)),
-        "conv": (lambda: _seeded(TinyConv, 6, 5), lambda: TinyConv(12, 5), 1, torch.randn(16, 3, 8, 8)),
-        "residual": (lambda: _seeded(TinyResNet, 6, 4), lambda: TinyResNet(12, 4), 0, torch.randn(16, 3, 8, 8)),
-    }[case]
-    base = make_base()
-    wide = duplicate(base, make_wide())
-    imp = {group: np.r_[np.full(6, 2.0), np.ones(6)]}
+    base, wide, group, x, imp = duplicate_oracle(case, inputs=32)
     res = prune(wide, x[:1], group, 0.5, method="fusion", options=TransportOptions(normalization="function-preserving"),
                 importance=imp, repair=RepairOptions("refit-data"), repair_data=x)
     assert res.repair.details["refit_worst_error"] < 1e-4

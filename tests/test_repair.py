@@ -4,7 +4,7 @@ BatchNorm statistics, the data repair reads no label, closed-form bias expectati
 import numpy as np
 import pytest
 import torch
-from nets import TinyConv, TinyMLP, TinyResNet, duplicate, randomize_bn
+from nets import DUPLICATE_CASES, TinyConv, duplicate_oracle, randomize_bn
 
 from intrafusion.core.folding import FoldingOptions
 from intrafusion.core.prune import METHODS, TransportOptions, prune
@@ -33,16 +33,9 @@ def test_unpruned_model_unchanged_by_every_repair_and_method(kind, method, tmp_p
     assert (_out(res.model, x) - _out(model, x)).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("case", ["mlp", "conv", "residual"])
+@pytest.mark.parametrize("case", DUPLICATE_CASES)
 def test_duplicates_function_preserving_fusion_with_moments_is_exact(case):
-    make_base, make_wide, group, x = {
-        "mlp": (lambda: _seeded(TinyMLP, 6), lambda: TinyMLP(12), 0, torch.randn(16, 8)),
-        "conv": (lambda: _seeded(TinyConv, 6, 5), lambda: TinyConv(12, 5), 1, torch.randn(4, 3, 8, 8)),
-        "residual": (lambda: _seeded(TinyResNet, 6, 4), lambda: TinyResNet(12, 4), 0, torch.randn(4, 3, 8, 8)),
-    }[case]
-    base = make_base()
-    wide = duplicate(base, make_wide())
-    imp = {group: np.r_[np.full(6, 2.0), np.ones(6)]}
+    base, wide, group, x, imp = duplicate_oracle(case)
     res = prune(wide, x[:1], group, 0.5, method="fusion", options=TransportOptions(normalization="function-preserving"),
                 importance=imp, repair="moments")
     assert res.repair.kind == "moments" and res.repair.details["channels"] > 0

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["changed_layers", "layer_targets", "reconstruct_layers"]
+__all__ = ["averaging_map", "changed_layers", "layer_targets", "reconstruct_layers"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -44,7 +44,8 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the layer of interest has been seen."""
 
 
-def _averaging(map_out) -> torch.Tensor:
+def averaging_map(map_out) -> torch.Tensor:
+    """A producer map with its rows rescaled to sum to 1 (Abar: each target as an average of its sources)."""
     a = torch.as_tensor(map_out, dtype=torch.float64)
     rows = a.sum(1, keepdim=True)
     return a / torch.where(rows > 0, rows, torch.ones_like(rows))
@@ -64,7 +65,7 @@ def layer_targets(records, target: str = "mapped") -> dict[str, torch.Tensor]:
             sel[torch.arange(len(rec.kept)), torch.as_tensor(np.asarray(rec.kept), dtype=torch.long)] = 1.0
             mat = sel
         else:
-            mat = _averaging(rec.map_out)
+            mat = averaging_map(rec.map_out)
         for name in rec.group.producers:
             out[name] = mat
     return out

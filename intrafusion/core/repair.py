@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .bias import BiasCorrection, expected_relu
-from .reconstruct import reconstruct_layers
+from .reconstruct import averaging_map, reconstruct_layers
 from .synthetic import SyntheticOptions, bn_mismatch, synthetic_batch_info
 from .synthetic import synthetic_batch as _synthetic_batch
 
@@ -164,18 +164,12 @@ def check_targets(targets: dict) -> None:
                              "load a healthy checkpoint (its running_var and affine parameters must be finite)")
 
 
-def _averaging(rec) -> torch.Tensor:
-    a = torch.as_tensor(rec.map_out, dtype=torch.float64)
-    rows = a.sum(1, keepdim=True)
-    return a / torch.where(rows > 0, rows, torch.ones_like(rows))
-
-
 def channel_targets(rec, mean: torch.Tensor, std: torch.Tensor, target: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Target (mean, std) of the m channels a record leaves, from its n sources' (mean, std)."""
     kept = torch.as_tensor(np.asarray(rec.kept), dtype=torch.long)
     if rec.map_out is None or target == "kept":
         return mean.double()[kept], std.double()[kept]
-    a = _averaging(rec)
+    a = averaging_map(rec.map_out)
     return a @ mean.double(), a @ std.double()
 
 

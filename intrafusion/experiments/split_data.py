@@ -351,9 +351,9 @@ class _Run:
     def prune(self, model: nn.Module) -> tuple[nn.Module, float]:
         c = self.config
         t0 = time.perf_counter()
+        data = self.repair_data if RepairOptions.coerce(c.repair).uses_data else None
         res = prune(model, self.example, "all", c.sparsity, method="fusion", criterion=c.criterion, repair=c.repair,
-                    repair_data=self.repair_data if RepairOptions.coerce(c.repair).uses_data else None,
-                    seed=c.seed)
+                    repair_data=data, seed=c.seed)
         return res.model, time.perf_counter() - t0
 
     def fuse(self, models: list[nn.Module]) -> tuple[nn.Module, float, dict]:
