@@ -6,7 +6,7 @@ Theus et al., "Towards Meta-Pruning via Optimal Transport", ICLR 2024. Layers:
 - scoring:   :mod:`intrafusion.core.importance`
 - transport: :mod:`intrafusion.core.transport` (cost, marginals, plan, map)
 - policy:    :mod:`intrafusion.core.prune` (default pruning and Intra-Fusion), :mod:`intrafusion.experiments.sweep`
-- repair:    :mod:`intrafusion.core.repair`
+- repair:    :mod:`intrafusion.core.repair`; label-free choices among candidates: :mod:`intrafusion.core.select`
 - measuring: :mod:`intrafusion.evaluate`
 - models and data: :mod:`intrafusion.models` (architectures, checkpoint, zoo), :mod:`intrafusion.data`
 - experiments: :mod:`intrafusion.experiments` (sweep, train, reproduce); command line: :mod:`intrafusion.cli`
@@ -32,6 +32,7 @@ from .core.prune import (
     prune,
 )
 from .core.repair import REPAIRS, RepairOptions, RepairResult, std_ratios, synthetic_batch
+from .core.select import logit_gap, prune_closest
 from .core.synthetic import SyntheticOptions
 from .core.transport import NORMALIZATIONS, SOLVERS, TARGETS
 from .evaluate import Evaluation, count_macs_params, evaluate, predict_logits
@@ -64,10 +65,12 @@ __all__ = [
     "intra_fusion",
     "kept_count",
     "list_groups",
+    "logit_gap",
     "plan_group",
     "predict_logits",
     "prepare",
     "prune",
+    "prune_closest",
 ]
 
 __version__ = "0.1.0"

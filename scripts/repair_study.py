@@ -20,7 +20,8 @@ import torch
 
 from intrafusion.core.folding import FoldingOptions
 from intrafusion.core.prune import TransportOptions, prune
-from intrafusion.core.repair import REPAIRS, RepairOptions
+from intrafusion.core.repair import REPAIR_TARGETS, REPAIRS, RepairOptions
+from intrafusion.core.select import prune_closest
 from intrafusion.core.synthetic import SyntheticOptions
 from intrafusion.data import load_dataset
 from intrafusion.evaluate import evaluate
@@ -32,6 +33,10 @@ VARIANTS = {  # label -> (method, options)
     "fusion-paper": ("fusion", TransportOptions(normalization="paper")),
     "fusion-fp": ("fusion", TransportOptions(normalization="function-preserving")),
     "fusion-paper-nearest": ("fusion", TransportOptions(normalization="paper", target_marginal="nearest")),
+    "default-l1raw": ("default", None),
+    "fusion-paper-nearest-l1raw": ("fusion", TransportOptions(normalization="paper", target_marginal="nearest")),
+    # prune_closest: l1 and l1-raw both run, the one closer to the original on the repair's inputs kept
+    "fusion-paper-nearest-auto": ("fusion", TransportOptions(normalization="paper", target_marginal="nearest")),
     "folding": ("folding", FoldingOptions(variant="plain")),
     "folding-ar": ("folding", FoldingOptions(variant="ar")),
 }
@@ -49,6 +54,8 @@ def main() -> None:
     ap.add_argument("--synthetic-steps", type=int, default=None, help="synthetic Adam steps (default: 200)")
     ap.add_argument("--zeroq", action="store_true", help="synthetic batches with the plain ZeroQ recipe (no class "
                     "prior, smoothness or jitter); those rows are labelled '<repair> (ZeroQ)'")
+    ap.add_argument("--refit-target", default="mapped", choices=REPAIR_TARGETS,
+                    help="the refit's target (rows of another target than 'mapped' are labelled '<repair> (<target>)')")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/repair_study.json")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these result files into --out and print "
@@ -86,15 +93,25 @@ def main() -> None:
                     if label == "folding-ar" and rep in ("moments",):
                         continue  # Fold-AR is folding's own moment repair
                     recipe = SyntheticOptions(class_prior=0.0, tv=0.0, jitter=0) if args.zeroq else None
+                    refit_target = args.refit_target if rep.startswith("refit-") else "mapped"
                     repair = RepairOptions(rep, seed=args.seed, synthetic_size=args.synthetic_size,
-                                           synthetic_steps=args.synthetic_steps, synthetic=recipe)
+                                           synthetic_steps=args.synthetic_steps, synthetic=recipe, target=refit_target)
                     name = f"{rep} (ZeroQ)" if args.zeroq and repair.inputs == "synthetic" else rep
+                    if refit_target != "mapped":
+                        name = f"{name} ({refit_target})"
                     if args.data_images and repair.uses_data:
                         name = f"{rep} ({len(train_x)} images)"
                     t0 = time.perf_counter()
-                    res = prune(lm.model, lm.example_inputs, "all", s, method=method, options=options,
-                                seed=args.seed, repair=repair,
-                                repair_data=train_x if RepairOptions(rep).uses_data else None)
+                    run = prune
+                    kw = dict(method=method, options=options, seed=args.seed, repair=repair,
+                              repair_data=train_x if RepairOptions(rep).uses_data else None)
+                    if label.endswith("-l1raw"):
+                        kw["criterion"] = "l1-raw"
+                    if label.endswith("-auto"):
+                        if repair.inputs is None:
+                            continue  # nothing to compare the candidates on
+                        run = prune_closest
+                    res = run(lm.model, lm.example_inputs, "all", s, **kw)
                     sec = time.perf_counter() - t0
                     acc = evaluate(res.model, x_test, y_test).accuracy
                     details = res.repair.details if res.repair else {}
@@ -107,7 +124,9 @@ def main() -> None:
                     syn = details.get("synthetic_seconds")
                     made = details.get("synthetic_made_seconds")
                     extra = f"  (synthetic {syn:.0f}s, made in {made or 0:.0f}s)" if syn is not None else ""
-                    print(f"{mid:22s} s={s:.1f} {label:13s} {name:16s} {acc:6.1f}%  {sec:6.1f}s{extra}", flush=True)
+                    chose = " ".join(f"{k}={details[k]}" for k in ("criterion", "refit_target") if k in details)
+                    print(f"{mid:22s} s={s:.1f} {label:13s} {name:16s} {acc:6.1f}%  {sec:6.1f}s{extra} {chose}",
+                          flush=True)
                     out.write_text(json.dumps(rows, indent=1, default=float))
     summarize(rows)
 

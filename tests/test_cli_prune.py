@@ -147,6 +147,25 @@ def test_data_repair_reads_no_label(monkeypatch):
     assert torch.equal(a, data_module.preprocess(raw[idx], pre))
 
 
+def test_choose_criterion_and_closest_refit(capsys):
+    """--choose-criterion prunes once per criterion and reports the chosen one with both logit gaps; the refit's
+    closest target reports which target it kept and both gaps; the numbers match a run with those choices."""
+    args = ("--sparsity", "0.5", "--target-marginal", "nearest", "--repair", "refit-data", "--repair-samples", "128")
+    r = _run_json(capsys, *args, "--repair-target", "closest", "--choose-criterion", "l1", "l1-raw")
+    d = r["repair_details"]
+    assert set(d["criterion_logit_gaps"]) == {"l1", "l1-raw"} and set(d["refit_logit_gaps"]) == {"mapped", "kept"}
+    assert r["criterion"] == min(d["criterion_logit_gaps"], key=d["criterion_logit_gaps"].get)
+    assert d["refit_target"] == min(d["refit_logit_gaps"], key=d["refit_logit_gaps"].get)
+    again = _run_json(capsys, *args, "--criterion", r["criterion"], "--repair-target", d["refit_target"])
+    assert again["after"]["correct"] == r["after"]["correct"]
+    assert again["after"]["logit_distance"] == pytest.approx(r["after"]["logit_distance"], rel=1e-5)
+    assert main(["prune", MODEL, "--limit", LIMIT, "--threads", "1", *args, "--repair-target", "closest",
+                 "--choose-criterion", "l1", "l1-raw"]) == 0
+    table = capsys.readouterr().out
+    assert f"criterion chosen: {r['criterion']} (logit gap" in table
+    assert f"refit target chosen: {d['refit_target']} (logit gap" in table
+
+
 @pytest.fixture()
 def cifar_checkpoint(tmp_path):
     torch.manual_seed(0)
@@ -172,6 +191,8 @@ def _one_error_line(capsys) -> str:
     (["--sparsity", "0.3", "--normalization", "l2"], "unknown normalization 'l2'"),
     (["--sparsity", "0.3", "--groups", "one"], "--groups takes 'all' or group indices"),
     (["--sparsity", "0.3", "--groups", "42"], "group 42 does not exist"),
+    (["--sparsity", "0.3", "--repair", "synthetic", "--repair-target", "closest"], "chooses between the refit's"),
+    (["--sparsity", "0.3", "--choose-criterion", "l1", "l1-raw"], "--choose-criterion compares the candidates"),
 ])
 def test_bad_input_is_one_clear_line(capsys, args, message):
     assert main(["prune", MODEL, "--limit", "50", *args]) == 2

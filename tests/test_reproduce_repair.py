@@ -190,3 +190,26 @@ def test_workers_split_the_repair_claim_into_its_parts():
     assert all(t[2] is None for t in tasks if t[1] != ("repair",))
     parts = [p for part in R.PARTS for p in part]
     assert sorted(parts) == sorted(R.RepairSettings().parts)  # every part of a serial run, once
+
+
+def test_single_group_cells_with_the_closest_refit_and_the_auto_criterion():
+    """A six-part variant runs the refit's closest target and the choice of criterion on single-group cells; its
+    row equals pruning with the choices it reports, and an unpruned group (s = 0) gives the base accuracy."""
+    from intrafusion.core.repair import RepairOptions
+    from intrafusion.experiments.reproduce.repair_cli import _variants
+
+    (spec,) = _variants(["fusion:paper:refit-data:nearest:closest:auto"])
+    assert spec == ("fusion", "paper", "refit-data", "nearest", "closest", "auto")
+    v = R.Variant(*spec)
+    assert v.label == "fusion (paper, nearest) [auto] + refit-data (closest)"
+    ctx = ModelContext(MODEL, QUICK, False)
+    rs = R.RepairSettings(data_images=64)
+    pruner = R._Pruner(ctx, rs)
+    res, _, _, _ = pruner(v, 3, 0.5)
+    d = res.repair.details
+    assert d["criterion"] in ("l1", "l1-raw") and d["refit_target"] in ("mapped", "kept")
+    again = prune(ctx.model, ctx.ex, 3, 0.5, criterion=d["criterion"], options=v.options(),
+                  repair=RepairOptions("refit-data", target=d["refit_target"]), repair_data=pruner.data)
+    x = ctx.x_eval[:200]
+    with torch.no_grad():
+        assert (res.model(x) - again.model(x)).abs().max().item() < 1e-5

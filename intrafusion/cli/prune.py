@@ -86,6 +86,7 @@ def _repair_options(args):
         extra["synthetic_size"] = args.synthetic_size
     if args.synthetic_steps is not None:
         extra["synthetic_steps"] = args.synthetic_steps
+    extra["target"] = args.repair_target
     return RepairOptions(kind=args.repair, **{k: v for k, v in extra.items() if k in fields})
 
 
@@ -103,7 +104,7 @@ def _measure(model, example_inputs, x, y, reference=None) -> dict:
 
 def prune_report(loaded, x, y, groups, sparsity: float, method: str = "fusion", normalization: str = "paper",
                  criterion: str = "l1", repair=None, repair_data=None, taylor_batches=None, seed: int = 0,
-                 folding: str = "plain"):
+                 folding: str = "plain", target_marginal: str = "uniform", choose_criteria=None):
     """Prune ``loaded.model`` (never changed) once and measure it before and after.
 
     Returns
@@ -120,13 +121,20 @@ def prune_report(loaded, x, y, groups, sparsity: float, method: str = "fusion", 
     from ..evaluate import predict_logits
 
     repair = RepairOptions.coerce(repair)
-    options = FoldingOptions(variant=folding) if method == "folding" else TransportOptions(normalization=normalization)
+    options = (FoldingOptions(variant=folding) if method == "folding"
+               else TransportOptions(normalization=normalization, target_marginal=target_marginal))
     reference = predict_logits(loaded.model, x)
     before = _measure(loaded.model, loaded.example_inputs, x, y)
     t0 = time.perf_counter()
-    res = prune(loaded.model, loaded.example_inputs, groups, sparsity, method=method, criterion=criterion,
-                options=options, taylor_batches=taylor_batches, seed=seed,
-                repair=repair, repair_data=repair_data if repair.uses_data else None)
+    kw = dict(method=method, options=options, taylor_batches=taylor_batches, seed=seed, repair=repair,
+              repair_data=repair_data if repair.uses_data else None)
+    if choose_criteria:
+        from ..core.select import prune_closest
+
+        res = prune_closest(loaded.model, loaded.example_inputs, groups, sparsity, tuple(choose_criteria), **kw)
+        criterion = res.repair.details["criterion"]
+    else:
+        res = prune(loaded.model, loaded.example_inputs, groups, sparsity, criterion=criterion, **kw)
     seconds = time.perf_counter() - t0
     after = _measure(res.model, loaded.example_inputs, x, y, reference)
     rep = res.repair
@@ -168,6 +176,12 @@ def format_report(report: dict) -> str:
         f"{'MACs':<16} {b['macs']:>12,} {a['macs']:>12,} {c['macs_ratio']:>9.3f}x",
         f"pruning{' and repair' if report['repair'] != 'none' else ''}: {report['seconds']:.2f} s",
     ]
+    d = report.get("repair_details", {})
+    for key, what in (("criterion_logit_gaps", "criterion"), ("refit_logit_gaps", "refit target")):
+        if key in d:  # the label-free choices: each candidate's mean logit gap on the repair's inputs
+            gaps = ", ".join(f"{k} {v:.3f}" for k, v in d[key].items())
+            chosen = report["criterion"] if what == "criterion" else d["refit_target"]
+            lines.append(f"{what} chosen: {chosen} (logit gap to the original on the repair's inputs: {gaps})")
     if report.get("out"):
         lines.append(f"written: {report['out']}")
     return "\n".join(lines)
@@ -181,6 +195,9 @@ def cmd_prune(args) -> int:
     groups = parse_groups(args.groups)
     _check_choices(args)
     repair = _repair_options(args)
+    if args.choose_criterion and repair.inputs is None:
+        raise ValueError(f"--choose-criterion compares the candidates on the repair's inputs, and repair "
+                         f"'{repair.kind}' has none: add --repair refit-synthetic (or synthetic, data, refit-data)")
     loaded = load_model(args)
     data = None
     if repair.uses_data:  # first, so a missing training split is named as the repair's problem
@@ -197,7 +214,8 @@ def cmd_prune(args) -> int:
 
     with compute_on(args.device):  # the transport cost and the evaluations on --device
         res, report = prune_report(loaded, x, y, groups, args.sparsity, args.method, args.normalization,
-                                   args.criterion, repair, data, taylor, args.seed, args.folding)
+                                   args.criterion, repair, data, taylor, args.seed, args.folding,
+                                   args.target_marginal, args.choose_criterion)
     if args.out:
         settings = {k: report[k] for k in ("groups", "sparsity", "method", "normalization", "folding", "criterion",
                                            "repair", "uses_data")}
@@ -218,7 +236,8 @@ def cmd_prune(args) -> int:
 def register(subparsers) -> None:
     from ..core.importance import CRITERIA
     from ..core.prune import METHODS
-    from ..core.repair import REPAIRS
+    from ..core.repair import REPAIR_TARGETS, REPAIRS
+    from ..core.transport import TARGET_MARGINALS
 
     p = add_command(subparsers, "prune", cmd_prune,
                     "prune a model once, print accuracy, logit distance, agreement, parameters and MACs before "
@@ -232,12 +251,23 @@ def register(subparsers) -> None:
                    help="Intra-Fusion's map: paper (sums) or function-preserving (default paper)")
     p.add_argument("--folding", default="plain",
                    help="Model Folding's variant: plain, or ar (Fold-AR, its data-free moment repair)")
-    p.add_argument("--criterion", choices=CRITERIA, default="l1")
+    p.add_argument("--criterion", choices=CRITERIA, default="l1",
+                   help="importance (default l1, on BatchNorm-folded weights as the paper; l1-raw: before folding)")
+    p.add_argument("--choose-criterion", nargs="+", choices=CRITERIA, metavar="CRIT",
+                   help="prune once per criterion given and keep the result whose logits on the repair's inputs "
+                        "stay closest to the original's (needs a repair with inputs, e.g. refit-synthetic)")
+    p.add_argument("--target-marginal", default="uniform", choices=TARGET_MARGINALS,
+                   help="Intra-Fusion's target marginal: uniform (the paper), importance, or nearest (each target "
+                        "gets the channels closest to it)")
     p.add_argument("--repair", default="none",
                    help=f"one of {', '.join(REPAIRS)} (default none). No data: bias, moments, synthetic (BatchNorm "
                         "statistics re-estimated on a batch matched to the stored ones), refit-synthetic (every "
                         "layer refitted to the original's outputs on that synthetic batch, least squares). Uses "
                         "unlabelled training images: data (re-estimation on them), refit-data (the refit on them)")
+    p.add_argument("--repair-target", default="mapped", choices=REPAIR_TARGETS,
+                   help="what a fused channel is repaired towards: mapped (its sources' average, default), kept (the "
+                        "kept channel's own), closest (refit repairs: refit towards both, keep the one whose "
+                        "logits on the repair's inputs are closer to the original's)")
     p.add_argument("--repair-samples", type=int, default=REPAIR_SAMPLES,
                    help=f"training images the data and refit-data repairs use (default {REPAIR_SAMPLES}; never "
                         "their labels)")

@@ -10,6 +10,12 @@ linear layers:
 - ``taylor``: sum |w * dL/dw|   (needs gradients from a few batches: :func:`accumulate_gradients`)
 - ``lamp``:   l2 with LAMP rescaling  score_i / sum_{j: score_j >= score_i} score_j
 - ``random``: uniform scores from a seeded generator (a control)
+- ``l1-raw``: ``l1`` of the weights as trained, BatchNorm not folded in (Torch-Pruning's usual ``l1`` on a
+  network with BatchNorm), every group scored once on the unpruned model. Folding multiplies channel c's
+  weights by gamma_c / sigma_c, so a channel whose outputs hardly vary (small running sigma) gets a large folded
+  ``l1`` and is kept; ``l1-raw`` does not see that scale. It needs the unfolded weights:
+  :func:`intrafusion.core.prune.prepare` keeps these scores (``PreparedModel.raw_l1``); on a graph alone it is
+  ``l1``.
 """
 
 from __future__ import annotations
@@ -20,12 +26,12 @@ from torch import nn
 
 __all__ = ["CRITERIA", "accumulate_gradients", "group_importance"]
 
-CRITERIA = ("l1", "l2", "taylor", "lamp", "random")
+CRITERIA = ("l1", "l2", "taylor", "lamp", "random", "l1-raw")
 _TYPES = [nn.modules.conv._ConvNd, nn.Linear]
 
 
 def _scorer(criterion: str):
-    if criterion == "l1":
+    if criterion in ("l1", "l1-raw"):
         return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer="mean",
                                                       target_types=_TYPES)
     if criterion == "l2":

@@ -165,6 +165,8 @@ class PreparedModel:
     model: nn.Module
     graph: PruningGraph
     timings: dict[str, float] = field(default_factory=dict)
+    #: ``l1`` of every group taken before BatchNorm folding ({group: (n,)}), the ``l1-raw`` criterion's scores
+    raw_l1: dict[int, np.ndarray] | None = None
 
     @property
     def groups(self) -> list[Group]:
@@ -220,10 +222,13 @@ def prepare(model: nn.Module, example_inputs: torch.Tensor, fold: bool = True) -
     t1 = time.perf_counter()
     graph = PruningGraph(work, example_inputs)
     t2 = time.perf_counter()
+    raw = None
     if fold:
+        # l1-raw reads the weights as trained, before folding rescales every channel by gamma / sigma
+        raw = {i: group_importance(graph.tp_group(i), "l1").numpy() for i in range(len(graph))}
         fold_batchnorm(graph)
     t3 = time.perf_counter()
-    return PreparedModel(work, graph, {"copy": t1 - t0, "graph": t2 - t1, "fold": t3 - t2})
+    return PreparedModel(work, graph, {"copy": t1 - t0, "graph": t2 - t1, "fold": t3 - t2}, raw)
 
 
 def _group_index(g) -> int:
@@ -298,8 +303,11 @@ def _plan(graph: PruningGraph, index: int, tp_group, importance: np.ndarray, kep
     return out
 
 
-def _score(graph: PruningGraph, index: int, criterion: str, seed: int, importance, taylor_batches):
+def _score(graph: PruningGraph, index: int, criterion: str, seed: int, importance, taylor_batches, raw=None):
     tp_group = graph.tp_group(index)
+    if criterion == "l1-raw" and importance is None:
+        # scores taken before folding (prepare); a model prepared unfolded (folding) is its own raw model
+        importance = raw[index] if raw is not None else group_importance(tp_group, "l1")
     if importance is not None:
         imp = torch.as_tensor(np.asarray(importance, dtype=np.float64))
         if imp.shape != (graph.channels(index),):
@@ -335,7 +343,8 @@ def plan_group(prepared: PreparedModel, group: int, sparsity: float, criterion: 
     if m < 1:
         raise ValueError(f"sparsity {sparsity} would remove all {n} channels of group {index}")
     t0 = time.perf_counter()
-    tp_group, imp = _score(prepared.graph, index, criterion, seed, importance, taylor_batches)
+    tp_group, imp = _score(prepared.graph, index, criterion, seed, importance, taylor_batches,
+                           prepared.raw_l1)
     t_imp = time.perf_counter() - t0
     kept, pruned = _select(imp, m)
     imp_np = imp.numpy()
@@ -367,8 +376,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence
     sparsity : float in [0, 1)
         Fraction of each group's channels removed; m = int(n (1 - s)) are kept.
     method : {'default', 'fusion', 'folding'}
-    criterion : {'l1', 'l2', 'taylor', 'lamp', 'random'}
-        For folding it only chooses which member of a cluster holds the merged channel.
+    criterion : {'l1', 'l2', 'taylor', 'lamp', 'random', 'l1-raw'}
+        For folding it only chooses which member of a cluster holds the merged channel. ``l1-raw``: l1 of the
+        weights before BatchNorm folding, every group scored once on the unpruned model (``prepare`` keeps the
+        scores); the others are rescored on the model as the previous groups left it.
     options : TransportOptions or FoldingOptions, optional
         Intra-Fusion settings, or Model Folding settings for ``method='folding'``; options of the other kind
         are ignored (the defaults are used), as default pruning ignores them.
@@ -424,7 +435,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, groups: int | Sequence
         if m < 1:
             raise ValueError(f"sparsity {sparsity} would remove all {n} channels of group {index}")
         t0 = time.perf_counter()
-        tp_group, imp = _score(graph, index, criterion, seed, importance.get(index), taylor_batches)
+        tp_group, imp = _score(graph, index, criterion, seed, importance.get(index), taylor_batches,
+                               prepared.raw_l1)
         timings = {"importance": time.perf_counter() - t0}
         kept, pruned = _select(imp, m)
         imp_np = imp.numpy()

@@ -28,11 +28,16 @@ folding: the cluster means). The kinds (``REPAIRS``):
   pruned channels (:mod:`intrafusion.core.reconstruct`): closed form, no gradient step, no label. Where BatchNorm
   re-estimation only restores each channel's mean and scale, the refit also corrects what the merged or
   dropped channels did to every consumer's weights. Models with depthwise or grouped convolutions (which the
-  refit leaves alone) get the re-estimation first.
+  refit leaves alone) get the re-estimation first. The refit's ``target='closest'`` refits twice, towards the
+  ``mapped`` and the ``kept`` outputs, and keeps the model whose logits on the repair's own inputs are closer
+  to the original's (:func:`intrafusion.core.select.logit_gap`; no label): with one or two channels left of a
+  group, the average of four channels is a worse thing to carry than one real channel, and with many left
+  it is the other way round.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field, replace
 
@@ -50,7 +55,7 @@ __all__ = ["REPAIRS", "REPAIR_TARGETS", "BiasCorrection", "RepairOptions", "Repa
            "std_ratios", "synthetic_batch"]
 
 REPAIRS = ("none", "bias", "moments", "synthetic", "data", "refit-synthetic", "refit-data")
-REPAIR_TARGETS = ("kept", "mapped")
+REPAIR_TARGETS = ("kept", "mapped", "closest")
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -61,9 +66,10 @@ class RepairOptions:
     Attributes
     ----------
     kind : {'none', 'bias', 'moments', 'synthetic', 'data', 'refit-synthetic', 'refit-data'}
-    target : {'kept', 'mapped'}
+    target : {'kept', 'mapped', 'closest'}
         Target statistics of a fused channel: the kept channel's, or the map-weighted average of its sources'
-        (for the refit: the target outputs of every pruned channel, likewise).
+        (for the refit: the target outputs of every pruned channel, likewise). ``closest`` (refits only): both,
+        keeping the refit whose logits on the repair's inputs are closer to the original's.
     ridge : float
         The refit's pull towards the method's weights, relative to the mean diagonal of X^T X.
     synthetic_size, synthetic_steps, synthetic_lr : int, int, float or None
@@ -94,6 +100,9 @@ class RepairOptions:
             raise ValueError(f"unknown repair {self.kind!r}: choose one of {', '.join(REPAIRS)}")
         if self.target not in REPAIR_TARGETS:
             raise ValueError(f"unknown repair target {self.target!r}: choose one of {', '.join(REPAIR_TARGETS)}")
+        if self.target == "closest" and not self.refits:
+            raise ValueError(f"target 'closest' chooses between the refit's two targets; repair '{self.kind}' has "
+                             "one: use target 'kept' or 'mapped', or a refit repair (refit-synthetic, refit-data)")
         if not self.ridge >= 0:
             raise ValueError(f"the refit ridge must be non-negative, got {self.ridge}")
         if self.batch_size < 2:
@@ -304,20 +313,46 @@ def apply_repair(model: nn.Module, example_inputs: torch.Tensor, original: nn.Mo
             details["synthetic_cached"] = info["cached"]
         else:
             inputs = repair_data
-        # The refit replaces every dense layer's weights and its BatchNorm, so it needs no re-estimation first
-        # (and skipping it keeps an exact pruning exact); layers it leaves alone (depthwise, grouped convs) do.
-        if not options.refits or any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
-            reestimate_bn(model, inputs, kept_targets(model, targets, records, options.target), options.batch_size)
         details["inputs"] = len(inputs)
-        if options.refits:
-            t1 = time.perf_counter()
-            fit = reconstruct_layers(model, original, inputs, records, options.target, options.ridge,
-                                     options.batch_size)
-            errors = fit["relative_error"]
-            details["refit_layers"] = fit["layers"]
-            details["refit_worst_error"] = max(errors.values()) if errors else 0.0
-            details["refit_seconds"] = time.perf_counter() - t1
+        if not options.refits:
+            reestimate_bn(model, inputs, kept_targets(model, targets, records, options.target), options.batch_size)
+        elif options.target != "closest":
+            details.update(_refit(model, original, inputs, targets, records, options, options.target))
+        else:
+            from .select import logit_gap
+
+            trials = {}
+            for target in ("mapped", "kept"):
+                trial = copy.deepcopy(model)
+                info = _refit(trial, original, inputs, targets, records, options, target)
+                trials[target] = (logit_gap(trial, original, inputs, options.batch_size), trial, info)
+            best = min(trials, key=lambda t: trials[t][0])
+            _take_weights(model, trials[best][1])
+            details.update(trials[best][2], refit_target=best,
+                           refit_logit_gaps={t: trials[t][0] for t in trials})
     return RepairResult(options.kind, options.uses_data, time.perf_counter() - t0, details)
+
+
+def _take_weights(model: nn.Module, source: nn.Module) -> None:
+    """Give ``model`` the parameters and buffers of ``source``, a refitted copy of it (module by module: the
+    refit may have given a layer a bias it did not have)."""
+    mods = dict(model.named_modules())
+    for name, mod in source.named_modules():
+        mods[name]._parameters.update(mod._parameters)
+        mods[name]._buffers.update(mod._buffers)
+
+
+def _refit(model, original, inputs, targets, records, options: RepairOptions, target: str) -> dict:
+    """The refit towards ``target`` outputs, in place; what it reports."""
+    # The refit replaces every dense layer's weights and its BatchNorm, so it needs no re-estimation first
+    # (and skipping it keeps an exact pruning exact); layers it leaves alone (depthwise, grouped convs) do.
+    if any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
+        reestimate_bn(model, inputs, kept_targets(model, targets, records, target), options.batch_size)
+    t1 = time.perf_counter()
+    fit = reconstruct_layers(model, original, inputs, records, target, options.ridge, options.batch_size)
+    errors = fit["relative_error"]
+    return {"refit_layers": fit["layers"], "refit_worst_error": max(errors.values()) if errors else 0.0,
+            "refit_seconds": time.perf_counter() - t1}
 
 
 @torch.no_grad()

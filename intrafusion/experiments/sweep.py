@@ -128,7 +128,7 @@ def clone_prepared(template: PreparedModel) -> PreparedModel:
     for node in dg.module2node.values():
         memo[id(node.grad_fn)] = node.grad_fn
     model, graph = copy.deepcopy((template.model, template.graph), memo)
-    return PreparedModel(model, graph, {})
+    return PreparedModel(model, graph, {}, template.raw_l1)
 
 
 _TEMPLATE: dict = {}  # per process: {sweep token: prepared template}, the latest sweep only

@@ -26,7 +26,7 @@ def importance_scores(prepared: PreparedModel, group: int, criterion: str = "l1"
         (gradients, cleared afterwards): serialise such calls on a shared object.
     group : int
         Paper numbering (0 nearest the classifier).
-    criterion : {'l1', 'l2', 'taylor', 'lamp', 'random'}
+    criterion : {'l1', 'l2', 'taylor', 'lamp', 'random', 'l1-raw'}
     taylor_batches : list of (inputs, labels), optional
         Required for ``taylor``.
     seed : int
@@ -42,6 +42,8 @@ def importance_scores(prepared: PreparedModel, group: int, criterion: str = "l1"
     if criterion not in CRITERIA:
         raise ValueError(f"unknown importance criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
     tp_group = graph.tp_group(index)
+    if criterion == "l1-raw" and prepared.raw_l1 is not None:
+        return np.asarray(prepared.raw_l1[index], dtype=np.float64)
     if criterion == "taylor":
         if taylor_batches is None:
             raise ValueError("the taylor criterion needs data: pass taylor_batches (a few (inputs, labels) batches)")

@@ -92,8 +92,11 @@ class ModelContext:
             t0 = time.perf_counter()
             if crit == "taylor":
                 accumulate_gradients(model, self.taylor)
-            self.importance[crit] = {g.index: group_importance(graph.tp_group(g.index), crit).numpy()
-                                     for g in self.groups}
+            if crit == "l1-raw" and self.prepared.raw_l1 is not None:  # scored before folding (prepare)
+                self.importance[crit] = {g.index: self.prepared.raw_l1[g.index] for g in self.groups}
+            else:
+                self.importance[crit] = {g.index: group_importance(graph.tp_group(g.index), crit).numpy()
+                                         for g in self.groups}
             if crit == "taylor":
                 model.zero_grad(set_to_none=True)
             self.importance_seconds[crit] = time.perf_counter() - t0

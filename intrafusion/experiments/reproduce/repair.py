@@ -34,6 +34,7 @@ from ...core.folding import FoldingOptions
 from ...core.importance import group_importance
 from ...core.prune import TransportOptions, kept_count, prune
 from ...core.repair import REPAIRS, RepairOptions
+from ...core.select import prune_closest
 from ...data import subset
 from ...evaluate import count_macs_params, evaluate, predict_logits
 from ..sweep import method_label
@@ -61,12 +62,17 @@ REPAIR_COLUMNS = {"repair_whole": WHOLE_COLUMNS, "repair_single": SINGLE_COLUMNS
 class Variant:
     """One (method, normalisation, repair[, target marginal]). ``normalization`` is Intra-Fusion's map, Model
     Folding's variant ('plain' or 'ar', i.e. Fold-AR) for folding, and None for default pruning; ``marginal`` is
-    Intra-Fusion's target marginal (``nearest``: each kept channel's share of the channels closest to it)."""
+    Intra-Fusion's target marginal (``nearest``: each kept channel's share of the channels closest to it);
+    ``refit_target`` the refit's target (``closest``: both, the one nearer the original kept); ``criterion`` the
+    importance (``auto``: ``l1`` and ``l1-raw`` both run, the one nearer the original on the repair's inputs
+    kept, :func:`intrafusion.core.select.prune_closest`)."""
 
     method: str
     normalization: str | None
     repair: str
     marginal: str = "uniform"
+    refit_target: str = "mapped"
+    criterion: str = "l1"
 
     @property
     def label(self) -> str:
@@ -75,7 +81,10 @@ class Variant:
             base = f"folding {self.normalization.upper()}"
         if self.method == "fusion" and self.marginal != "uniform":
             base = f"{base[:-1]}, {self.marginal})"
-        return base if self.repair == "none" else f"{base} + {self.repair}"
+        if self.criterion != "l1":
+            base = f"{base} [{self.criterion}]"
+        rep = self.repair if self.refit_target == "mapped" else f"{self.repair} ({self.refit_target})"
+        return base if self.repair == "none" else f"{base} + {rep}"
 
     def options(self):
         if self.method == "folding":
@@ -134,16 +143,21 @@ class RepairSettings:
 #: The full run (what docs/RESULTS.md reports): every variant on the whole model; on single groups and in
 #: fine-tuning, the variants that matter (the synthetic repair after both maps and after folding, moments after
 #: the FP map), 4 sparsities and 500 test images per single-group cell, 2,000 training images per epoch.
+#: Ours (auto): nearest marginal, the refit's closest target, l1 or l1-raw chosen by the logit gap (no label);
+#: and Model Folding with the same refit, for the side-by-side.
+OURS_AUTO = ("fusion", "paper", "refit-synthetic", "nearest", "closest", "auto")
+FOLDING_CLOSEST = ("folding", "plain", "refit-synthetic", "uniform", "closest")
 FULL_REPAIR = RepairSettings(
     single_sparsities=(0.1, 0.3, 0.5, 0.7), single_eval=500,
     single_variants=(("default", None, "none"), ("fusion", "paper", "none"), ("fusion", "paper", "synthetic"),
                      ("fusion", "function-preserving", "synthetic"), ("fusion", "function-preserving", "moments"),
                      ("folding", "plain", "synthetic"), ("fusion", "paper", "refit-synthetic"),
-                     ("fusion", "paper", "refit-synthetic", "nearest"), ("folding", "plain", "refit-synthetic")),
+                     ("fusion", "paper", "refit-synthetic", "nearest"), ("folding", "plain", "refit-synthetic"),
+                     OURS_AUTO, FOLDING_CLOSEST),
     finetune_max_train=2000,
     finetune_variants=(("default", None, "none"), ("fusion", "paper", "synthetic"),
                        ("fusion", "function-preserving", "synthetic"), ("fusion", "paper", "refit-synthetic"),
-                       ("fusion", "paper", "refit-synthetic", "nearest")))
+                       ("fusion", "paper", "refit-synthetic", "nearest"), OURS_AUTO))
 #: ``--quick``: one model, one sparsity, moments and none (and one tiny synthetic batch), a 1-epoch fine-tuning
 #: pair on 256 training images.
 QUICK_REPAIR = RepairSettings(
@@ -174,6 +188,8 @@ def plan(rs: RepairSettings, part: str) -> list[Variant]:
         todo = [Variant(*t) for t in given]
     elif part == "whole":
         todo = variants(REPAIRS)
+        if "refit-synthetic" in REPAIRS:
+            todo += [Variant(*OURS_AUTO), Variant(*FOLDING_CLOSEST)]
     elif part == "single":
         todo = [Variant("default", None, "none"), Variant("fusion", "paper", "none")]
         todo += variants([r for r in REPAIRS if _datafree(r)])
@@ -226,18 +242,23 @@ class _Pruner:
             return f"{v.label} ({len(self.data)} images)"
         return v.label
 
-    def options(self, repair: str) -> RepairOptions:
+    def options(self, repair: str, target: str = "mapped") -> RepairOptions:
         # None: the library's synthetic recipe (and its on-disk cache); quick runs use a tiny batch
         return RepairOptions(kind=repair, synthetic_size=self.rs.synthetic_size,
-                             synthetic_steps=self.rs.synthetic_steps)
+                             synthetic_steps=self.rs.synthetic_steps,
+                             target=target if repair.startswith("refit-") else "mapped")
 
     def __call__(self, v: Variant, groups, sparsity: float, importance=None):
         ctx = self.ctx
         t0 = time.perf_counter()
+        kw = dict(method=v.method, options=v.options(), repair=self.options(v.repair, v.refit_target),
+                  repair_data=self.data if v.uses_data else None)
         with ctx.compute():  # the transport cost on the run's device; weights are pruned and repaired on the CPU
-            res = prune(ctx.model, ctx.ex, groups, sparsity, method=v.method, criterion="l1", options=v.options(),
-                        importance=importance,
-                        repair=self.options(v.repair), repair_data=self.data if v.uses_data else None)
+            if v.criterion == "auto":
+                res = prune_closest(ctx.model, ctx.ex, groups, sparsity, ("l1", "l1-raw"), **kw)
+            else:  # the shared scores are l1's; another criterion is scored by prune itself
+                res = prune(ctx.model, ctx.ex, groups, sparsity, criterion=v.criterion,
+                            importance=importance if v.criterion == "l1" else None, **kw)
         seconds = time.perf_counter() - t0
         rep = res.repair
         synth = rep.details.get("synthetic_seconds") if rep is not None else None

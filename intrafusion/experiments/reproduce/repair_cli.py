@@ -21,16 +21,19 @@ __all__ = ["main"]
 
 def _variants(specs):
     """'fusion:function-preserving:synthetic' -> ('fusion', 'function-preserving', 'synthetic'); a fourth part is
-    Intra-Fusion's target marginal ('fusion:paper:refit-synthetic:nearest')."""
+    Intra-Fusion's target marginal ('fusion:paper:refit-synthetic:nearest'), a fifth the refit's target
+    (mapped, kept, closest), a sixth the importance criterion (l1, l1-raw, or auto: the closer of both)."""
     if not specs:
         return None
     out = []
     for spec in specs:
         parts = spec.split(":")
-        if len(parts) not in (3, 4):
-            raise SystemExit(f"a variant is METHOD:NORMALIZATION:REPAIR[:MARGINAL] (normalisation empty unless "
-                             f"fusion): {spec}")
-        out.append((parts[0], parts[1] or None, *parts[2:]))
+        if not 3 <= len(parts) <= 6:
+            raise SystemExit(f"a variant is METHOD:NORMALIZATION:REPAIR[:MARGINAL[:REFIT_TARGET[:CRITERION]]] "
+                             f"(normalisation empty unless fusion): {spec}")
+        defaults = ("uniform", "mapped", "l1")  # an empty part keeps the default
+        extra = [p or defaults[i] for i, p in enumerate(parts[3:])]
+        out.append((parts[0], parts[1] or None, parts[2], *extra))
     return tuple(out)
 
 

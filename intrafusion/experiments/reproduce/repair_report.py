@@ -92,6 +92,8 @@ def _whole_findings(rows: list[dict]) -> dict:
             return max(cand, key=lambda r: r["accuracy"]) if cand else None
         best_cell = top(_ours)
         fold = top(lambda r: r["method"] == "folding" and not int(r["uses_data"]))
+        # Model Folding as published: plain, Fold-AR, Fold-DIR (folding + synthetic); not folding + our refit
+        fold_own = top(lambda r: r["method"] == "folding" and r["repair"] in ("none", "synthetic"))
         # our upper bound: the data repair on a few hundred images; ``many``: on more (e.g. the whole split)
         data = top(lambda r: int(r["uses_data"]) and r["method"] != "folding" and r["label"].endswith("+ data"))
         many = top(lambda r: int(r["uses_data"]) and r["repair"] == "data" and r["method"] != "folding"
@@ -106,6 +108,7 @@ def _whole_findings(rows: list[dict]) -> dict:
              "best": acc.get(best), "best_label": best,
              "best_cell": best_cell and best_cell["accuracy"], "best_cell_label": best_cell and best_cell["label"],
              "folding_best": fold and fold["accuracy"], "folding_best_label": fold and fold["label"],
+             "folding_own": fold_own and fold_own["accuracy"],
              "data_best": data and data["accuracy"], "data_best_label": data and data["label"],
              "folding_data": fold_data and fold_data["accuracy"],
              "data_many": many and many["accuracy"], "data_many_label": many and many["label"],
@@ -241,16 +244,18 @@ def claims(f: dict, tables: dict, infos: list[dict]) -> list[dict]:
                         "paper": "96.0 / 93.2% (issue 9)",
                         "ours": " / ".join(f"{d:.1f}% ({x:+.1f})" for d, x in zip(refit, m)),
                         "verdict": _verdict(min(m) > 0)})
-    others = [(mdl, s, c) for mdl, ss in wm.items() if mdl != "vgg11_bn-mnist5k" for s, c in ss.items()
-              if c.get("folding_best") is not None and c.get("best") is not None]
-    if others:
-        wins = sum(c["best"] > c["folding_best"] for _, _, c in others)
-        worst = min(others, key=lambda t: t[2]["best"] - t[2]["folding_best"])
-        out.append({"claim": f"Whole model, no data, other CNNs: {short(best)} beats our folding "
-                             "(its best data-free row)", "paper": "every cell (issue 9)",
-                    "ours": f"{wins} of {len(others)} cells; worst {worst[0]} s = {worst[1]}: "
-                            f"{worst[2]['best'] - worst[2]['folding_best']:+.1f}",
-                    "verdict": _verdict(wins == len(others))})
+    for key, what in (("folding_own", "Model Folding as published (plain, Fold-AR, Fold-DIR)"),
+                      ("folding_best", "our folding with any data-free repair, our refit included")):
+        others = [(mdl, s, c) for mdl, ss in wm.items() if mdl != "vgg11_bn-mnist5k" for s, c in ss.items()
+                  if c.get(key) is not None and c.get("best") is not None]
+        if others:
+            wins = sum(c["best"] > c[key] for _, _, c in others)
+            worst = min(others, key=lambda t: t[2]["best"] - t[2][key])
+            out.append({"claim": f"Whole model, no data, other CNNs: {short(best)} beats {what}",
+                        "paper": "every cell (issue 9)",
+                        "ours": f"{wins} of {len(others)} cells; worst {worst[0]} s = {worst[1]}: "
+                                f"{worst[2]['best'] - worst[2][key]:+.1f}",
+                        "verdict": _verdict(wins == len(others))})
     tgt = [(m, cell(m, 0.3)) for m in TARGET_MODELS
            if cell(m, 0.3) and cell(m, 0.3).get("best") is not None and cell(m, 0.3).get("if_paper") is not None]
     if tgt:
