@@ -34,6 +34,7 @@ VARIANTS = {  # label -> (method, options)
     "fusion-fp": ("fusion", TransportOptions(normalization="function-preserving")),
     "fusion-paper-nearest": ("fusion", TransportOptions(normalization="paper", target_marginal="nearest")),
     "default-l1raw": ("default", None),
+    "default-auto": ("default", None),
     "fusion-paper-nearest-l1raw": ("fusion", TransportOptions(normalization="paper", target_marginal="nearest")),
     # prune_closest: l1 and l1-raw both run, the one closer to the original on the repair's inputs kept
     "fusion-paper-nearest-auto": ("fusion", TransportOptions(normalization="paper", target_marginal="nearest")),
