@@ -17,7 +17,7 @@ from nets import TinyConv, TinyMLP, TinyResNet, randomize_bn
 
 from intrafusion.core.prune import TransportOptions, prepare, prune
 from intrafusion.core.repair import RepairOptions
-from intrafusion.core.select import logit_gap, prune_closest
+from intrafusion.core.select import logit_gap, prune_closest, repair_inputs
 
 
 def _seeded(cls, *args, seed=0):
@@ -92,15 +92,25 @@ def test_closest_target_keeps_the_refit_nearer_the_original():
     assert (_out(same.model, x) - _out(model, x)).abs().max().item() < 1e-5
 
 
-def test_closest_needs_a_refit_and_prune_closest_needs_inputs():
+def test_closest_needs_a_refit_and_prune_closest_compares_on_the_synthetic_batch(tmp_path):
     with pytest.raises(ValueError, match="refit"):
         RepairOptions("synthetic", target="closest")
     model = _seeded(TinyConv, 6, 5)
     x = torch.randn(8, 3, 8, 8)
-    with pytest.raises(ValueError, match="no inputs"):
-        prune_closest(model, x[:1], "all", 0.5, repair="moments")
     with pytest.raises(ValueError, match="at least one"):
         prune_closest(model, x[:1], "all", 0.5, criteria=(), repair="refit-data", repair_data=x)
+    with pytest.raises(ValueError, match="needs repair_data"):
+        prune_closest(model, x[:1], "all", 0.5, repair="data")
+    # a repair without inputs (here none): the candidates are compared on the synthetic batch, no data read
+    rep = RepairOptions("none", synthetic_size=16, synthetic_steps=3, cache_dir=str(tmp_path))
+    res = prune_closest(model, x[:1], "all", 0.5, repair=rep)
+    batch = repair_inputs(model, x[:1], rep)
+    assert batch.shape == (16, 3, 8, 8) and res.repair is None
+    gaps = res.choices["criterion_logit_gaps"]
+    assert res.choices["criterion"] == min(gaps, key=gaps.get) == res.records[0].criterion
+    for c in gaps:
+        assert gaps[c] == pytest.approx(logit_gap(prune(model, x[:1], "all", 0.5, criterion=c).model, model, batch),
+                                        rel=1e-6)
 
 
 def test_prune_closest_returns_the_criterion_with_the_smallest_gap():

@@ -132,7 +132,7 @@ def prune_report(loaded, x, y, groups, sparsity: float, method: str = "fusion", 
         from ..core.select import prune_closest
 
         res = prune_closest(loaded.model, loaded.example_inputs, groups, sparsity, tuple(choose_criteria), **kw)
-        criterion = res.repair.details["criterion"]
+        criterion = res.choices["criterion"]
     else:
         res = prune(loaded.model, loaded.example_inputs, groups, sparsity, criterion=criterion, **kw)
     seconds = time.perf_counter() - t0
@@ -150,6 +150,7 @@ def prune_report(loaded, x, y, groups, sparsity: float, method: str = "fusion", 
                    "params_ratio": after["params"] / before["params"], "macs_ratio": after["macs"] / before["macs"]},
         "seconds": seconds,
         "repair_details": ({"seconds": rep.seconds, **rep.details} if rep is not None else {}),
+        "choices": res.choices,
     }
     if repair.uses_data:
         report["repair_details"]["inputs"] = len(repair_data)
@@ -176,7 +177,7 @@ def format_report(report: dict) -> str:
         f"{'MACs':<16} {b['macs']:>12,} {a['macs']:>12,} {c['macs_ratio']:>9.3f}x",
         f"pruning{' and repair' if report['repair'] != 'none' else ''}: {report['seconds']:.2f} s",
     ]
-    d = report.get("repair_details", {})
+    d = {**report.get("repair_details", {}), **report.get("choices", {})}
     for key, what in (("criterion_logit_gaps", "criterion"), ("refit_logit_gaps", "refit target")):
         if key in d:  # the label-free choices: each candidate's mean logit gap on the repair's inputs
             gaps = ", ".join(f"{k} {v:.3f}" for k, v in d[key].items())
@@ -195,9 +196,6 @@ def cmd_prune(args) -> int:
     groups = parse_groups(args.groups)
     _check_choices(args)
     repair = _repair_options(args)
-    if args.choose_criterion and repair.inputs is None:
-        raise ValueError(f"--choose-criterion compares the candidates on the repair's inputs, and repair "
-                         f"'{repair.kind}' has none: add --repair refit-synthetic (or synthetic, data, refit-data)")
     loaded = load_model(args)
     data = None
     if repair.uses_data:  # first, so a missing training split is named as the repair's problem
@@ -255,7 +253,7 @@ def register(subparsers) -> None:
                    help="importance (default l1, on BatchNorm-folded weights as the paper; l1-raw: before folding)")
     p.add_argument("--choose-criterion", nargs="+", choices=CRITERIA, metavar="CRIT",
                    help="prune once per criterion given and keep the result whose logits on the repair's inputs "
-                        "stay closest to the original's (needs a repair with inputs, e.g. refit-synthetic)")
+                        "(a synthetic batch unless the repair reads data) stay closest to the original's")
     p.add_argument("--target-marginal", default="uniform", choices=TARGET_MARGINALS,
                    help="Intra-Fusion's target marginal: uniform (the paper), importance, or nearest (each target "
                         "gets the channels closest to it)")

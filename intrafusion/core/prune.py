@@ -156,6 +156,9 @@ class PruneResult:
     records: list[GroupRecord]
     timings: dict[str, float] = field(default_factory=dict)
     repair: RepairResult | None = None
+    #: label-free choices made for this result (:func:`intrafusion.core.select.prune_closest`: ``criterion``,
+    #: ``criterion_logit_gaps``); empty for a plain ``prune``
+    choices: dict = field(default_factory=dict)
 
 
 @dataclass

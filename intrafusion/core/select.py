@@ -7,7 +7,8 @@ scored by the mean logit gap to the original network f,
     gap(f') = (1/N) sum_i || f'(x_i) - f(x_i) ||_2,
 
 and the smallest gap wins. No label is read; the same inputs the repair fitted on are reused, so the gap is an
-in-sample score, which is fair between candidates that fit the same number of weights on the same inputs.
+in-sample score, which is fair between candidates that fit the same number of weights on the same inputs (a
+repair without inputs is compared on the synthetic batch).
 """
 
 from __future__ import annotations
@@ -33,19 +34,18 @@ def logit_gap(model: nn.Module, original: nn.Module, inputs: torch.Tensor, batch
 
 
 def repair_inputs(model: nn.Module, example_inputs: torch.Tensor, repair, repair_data=None) -> torch.Tensor:
-    """The inputs a repair works on: its (cached) synthetic batch, or ``repair_data``."""
+    """The inputs candidates are compared on: the repair's own (its cached synthetic batch, or ``repair_data``);
+    for a repair without inputs (none, bias, moments), the synthetic batch with the repair's recipe and seed,
+    so that the comparison still reads no data."""
     from .repair import RepairOptions
     from .synthetic import synthetic_batch_info
 
     options = RepairOptions.coerce(repair)
-    if options.inputs == "synthetic":
-        return synthetic_batch_info(model, example_inputs, options.synthetic_options(), options.cache_dir)[0]
     if options.inputs == "data":
         if repair_data is None:
             raise ValueError(f"repair='{options.kind}' needs repair_data (a few hundred unlabelled inputs)")
         return repair_data
-    raise ValueError(f"repair '{options.kind}' has no inputs to compare candidates on: choose a repair that uses "
-                     "a synthetic batch or unlabelled data (synthetic, data, refit-synthetic, refit-data)")
+    return synthetic_batch_info(model, example_inputs, options.synthetic_options(), options.cache_dir)[0]
 
 
 def prune_closest(model: nn.Module, example_inputs: torch.Tensor, groups, sparsity: float,
@@ -59,14 +59,16 @@ def prune_closest(model: nn.Module, example_inputs: torch.Tensor, groups, sparsi
     criteria : sequence of str
         The candidates (default: ``l1`` on the folded weights, as the paper, and ``l1-raw``).
     repair : RepairOptions or str
-        Must use inputs (a synthetic batch or unlabelled data): the candidates are compared on them.
+        The candidates are compared on its inputs (:func:`repair_inputs`: a synthetic batch unless it reads
+        unlabelled data); a model without BatchNorm has no synthetic batch, so it needs a ``data`` repair.
     repair_data, **kwargs
         Passed to every ``prune`` call.
 
     Returns
     -------
     PruneResult
-        The winner; ``result.repair.details`` gains ``criterion`` (the chosen one) and ``criterion_logit_gaps``.
+        The winner; ``result.choices`` holds ``criterion`` (the chosen one) and ``criterion_logit_gaps`` (also
+        in ``result.repair.details`` when there is a repair).
     """
     from .prune import prune
 
@@ -81,6 +83,7 @@ def prune_closest(model: nn.Module, example_inputs: torch.Tensor, groups, sparsi
         if best is None or gaps[criterion] < gaps[best[0]]:
             best = (criterion, res)
     criterion, res = best
+    res.choices.update(criterion=criterion, criterion_logit_gaps=gaps)
     if res.repair is not None:
-        res.repair.details.update(criterion=criterion, criterion_logit_gaps=gaps)
+        res.repair.details.update(res.choices)
     return res
