@@ -52,10 +52,25 @@ def method_labels() -> list[str]:
     return labels
 
 
-def variant_for(label: str, repair: str = "none", options: tuple = (), setting: str = "") -> Variant:
+def variant_for(label: str, repair: str = "none", options: tuple = (), setting: str = "",
+                refit_target: str = "mapped") -> Variant:
     if label.startswith("fusion ("):
-        return Variant("fusion", label[len("fusion (") : -1], options, repair, setting)
-    return Variant(label, None, (), repair, setting)
+        return Variant("fusion", label[len("fusion (") : -1], options, repair, setting, refit_target)
+    return Variant(label, None, (), repair, setting, refit_target)
+
+
+#: The refit repairs' targets (RepairOptions.target) and what each means.
+REFIT_TARGETS = ("mapped", "kept", "closest")
+REFIT_TARGET_HELP = ("For the refit repairs only. **mapped**: refit each kept channel to the average of the "
+                     "channels merged into it. **kept**: to the kept channel's own outputs. **closest**: both, "
+                     "keeping the one whose logits on the repair's inputs stay closer to the original's (no label).")
+CRITERION_HELP = ("**l1** is computed on the BatchNorm-folded weights (the paper's); **l1-raw** on the weights as "
+                  "trained. **auto** prunes with both and keeps the model whose logits on the synthetic batch (or "
+                  "the repair's images) stay closest to the original's: no label, about twice the time.")
+
+
+def criterion_label(criterion: str) -> str:
+    return "auto (l1 or l1-raw, no label)" if criterion == "auto" else criterion
 
 
 REPAIR_HELP = {
@@ -91,10 +106,11 @@ def repair_label(kind: str) -> str:
 
 
 def repair_of(label: str) -> str:
-    """The repair kind in a variant label: 'fusion (paper) + refit-synthetic repair [A]' -> 'refit-synthetic'."""
+    """The repair kind in a variant label: 'fusion (paper) + refit-synthetic (closest) repair [A]' ->
+    'refit-synthetic' (the refit's target, in brackets, is not part of the kind)."""
     base = label.removesuffix(" [A]").removesuffix(" [B]")
     _, plus, rest = base.partition(" + ")
-    return rest.removesuffix(" repair") if plus else "none"
+    return rest.removesuffix(" repair").partition(" (")[0] if plus else "none"
 
 
 def repair_marker(label: str) -> dict:

@@ -29,14 +29,18 @@ c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
 labels_all = controls.method_labels()
 c1.multiselect("Methods", labels_all, default=labels_all, key="to_methods")
 controls.repair_select("to_repairs", c2)
-c3.selectbox("Criterion", CRITERIA, key="to_criterion")
+c3.selectbox("Criterion", (*CRITERIA, var.AUTO_CRITERION), key="to_criterion", format_func=controls.criterion_label,
+             help=controls.CRITERION_HELP)
 c4.selectbox("Test images", [500, 1000, 0], key="to_limit", format_func=lambda v: "all" if v == 0 else str(v))
-st.multiselect("Sparsities", common.SPARSITIES[1:], default=STEPS, key="to_sparsities")
+c5, c6 = st.columns([3, 1])
+c5.multiselect("Sparsities", common.SPARSITIES[1:], default=STEPS, key="to_sparsities")
+c6.selectbox("Refit target", controls.REFIT_TARGETS, key="to_refit_target", help=controls.REFIT_TARGET_HELP)
 
 
 def _variants() -> list[var.Variant]:
     ss = st.session_state
-    return [controls.variant_for(lb, rp) for lb in (ss.get("to_methods") or ["default"])
+    target = ss.get("to_refit_target") or "mapped"
+    return [controls.variant_for(lb, rp, refit_target=target) for lb in (ss.get("to_methods") or ["default"])
             for rp in (ss.get("to_repairs") or ["none"])]
 
 

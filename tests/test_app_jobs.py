@@ -117,3 +117,35 @@ def test_evaluate_cell_sparsity_zero_changes_nothing():
         assert row.accuracy == 100.0 and row.logit_distance == pytest.approx(0.0, abs=1e-5)
     row = var.evaluate_cell(model, x[:2], x, y, "all", 0.5, var.Variant("fusion", "paper"), reference_logits=ref)
     assert row.group == "all" and row.kept == 8 + 6 and row.params < sum(p.numel() for p in model.parameters())
+
+
+def test_evaluate_cell_with_the_label_free_choices():
+    """criterion 'auto' and the refit's 'closest' target in a cell: the row names the criterion chosen, the label
+    names the target, and the accuracy is the one of pruning with the choices the library reports."""
+    import torch
+    from nets import TinyConv, randomize_bn
+
+    from intrafusion.core.prune import prune
+    from intrafusion.core.repair import RepairOptions
+    from pages import _controls as controls
+
+    torch.manual_seed(0)
+    model = randomize_bn(TinyConv(6, 5), 0).eval()
+    x = torch.randn(96, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    y = ref.argmax(1)
+    v = controls.variant_for("fusion (paper)", "refit-data", refit_target="closest")
+    assert v.label == "fusion (paper) + refit-data (closest) repair"
+    assert controls.repair_of(v.label + " [A]") == "refit-data"
+    assert controls.repair_marker(v.label) == controls.repair_marker("fusion (paper) + refit-data repair")
+    row = var.evaluate_cell(model, x[:2], x, y, "all", 0.5, v, var.AUTO_CRITERION, reference_logits=ref,
+                            repair_data=x[:48])
+    res = var.prune_variant(model, x[:2], "all", 0.5, v, var.AUTO_CRITERION, repair_data=x[:48])
+    chosen, target = res.choices["criterion"], res.repair.details["refit_target"]
+    assert row.criterion == f"{chosen} (auto)" and chosen in var.AUTO_CANDIDATES
+    again = prune(model, x[:2], "all", 0.5, criterion=chosen, repair=RepairOptions("refit-data", target=target),
+                  repair_data=x[:48])
+    with torch.no_grad():
+        acc = 100.0 * float((again.model(x).argmax(1) == y).float().mean())
+    assert row.accuracy == pytest.approx(acc, abs=1e-9)

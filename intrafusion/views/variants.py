@@ -31,6 +31,8 @@ from ..core.prune import TransportOptions, kept_count, prune
 from ..evaluate import count_macs_params, evaluate
 
 __all__ = [
+    "AUTO_CANDIDATES",
+    "AUTO_CRITERION",
     "CellRow",
     "Variant",
     "VariantCurve",
@@ -81,6 +83,9 @@ class Variant:
         Repair kind applied after pruning ('none': no repair).
     setting : str
         '' for a single setting, 'A' or 'B' when two settings are compared side by side.
+    refit_target : str
+        The refit repairs' target ('mapped', 'kept' or 'closest', :class:`~intrafusion.core.repair.RepairOptions`);
+        ignored by the other repairs.
     """
 
     method: str
@@ -88,12 +93,21 @@ class Variant:
     options: tuple = ()
     repair: str = "none"
     setting: str = ""
+    refit_target: str = "mapped"
+
+    @property
+    def refits(self) -> bool:
+        return str(self.repair).startswith("refit-")
 
     @property
     def base_label(self) -> str:
-        """The label without the setting: 'default', 'fusion (paper)', 'folding', '... + repair moments'."""
+        """The label without the setting: 'default', 'fusion (paper)', 'folding', '... + moments repair',
+        '... + refit-synthetic (closest) repair'."""
         name = f"fusion ({self.normalization})" if self.method == "fusion" else self.method
-        return name if self.repair in ("none", None) else f"{name} + {self.repair} repair"
+        if self.repair in ("none", None):
+            return name
+        target = f" ({self.refit_target})" if self.refits and self.refit_target != "mapped" else ""
+        return f"{name} + {self.repair}{target} repair"
 
     @property
     def label(self) -> str:
@@ -177,16 +191,27 @@ def uses_data(repair: str | None) -> bool:
         return repair in ("data", "refit-data")
 
 
+#: The criterion that is chosen per cell without a label: l1 or l1-raw, whichever pruned model stays closest to the
+#: original's logits on the repair's inputs (:func:`intrafusion.core.select.prune_closest`).
+AUTO_CRITERION = "auto"
+AUTO_CANDIDATES = ("l1", "l1-raw")
+
+
 def prune_variant(model: nn.Module, example_inputs: torch.Tensor, groups, sparsity: float, variant: Variant,
                   criterion: str = "l1", *, taylor_batches=None, repair_data: torch.Tensor | None = None,
                   seed: int = 0):
-    """:func:`intrafusion.core.prune.prune` with a variant's settings (repair passed only when asked for)."""
+    """:func:`intrafusion.core.prune.prune` with a variant's settings (repair passed only when asked for);
+    ``criterion='auto'`` (:data:`AUTO_CRITERION`) runs :func:`intrafusion.core.select.prune_closest`."""
     kwargs = {}
     if variant.repair not in ("none", None):
         if variant.repair not in available_repairs():
             raise ValueError(f"repair {variant.repair!r} is not available: choose one of "
                              f"{', '.join(available_repairs())}")
         kwargs["repair"] = variant.repair
+        if variant.refits and variant.refit_target != "mapped":
+            from ..core.repair import RepairOptions
+
+            kwargs["repair"] = RepairOptions(variant.repair, target=variant.refit_target)
         if uses_data(variant.repair):
             if repair_data is None:
                 raise ValueError(f"the '{variant.repair}' repair needs unlabelled training images: pass repair_data")
@@ -194,6 +219,12 @@ def prune_variant(model: nn.Module, example_inputs: torch.Tensor, groups, sparsi
     if variant.method not in available_methods():
         raise ValueError(f"method {variant.method!r} is not available: choose one of "
                          f"{', '.join(available_methods())}")
+    if criterion == AUTO_CRITERION:
+        from ..core.select import prune_closest
+
+        return prune_closest(model, example_inputs, groups, sparsity, AUTO_CANDIDATES, method=variant.method,
+                             options=variant.transport_options(), seed=seed,
+                             **{"repair": "none", **kwargs})
     return prune(model, example_inputs, groups, sparsity, method=variant.method, criterion=criterion,
                  options=variant.transport_options(), taylor_batches=taylor_batches, seed=seed, **kwargs)
 
@@ -250,7 +281,9 @@ def evaluate_cell(model: nn.Module, example_inputs: torch.Tensor, inputs: torch.
         group=group if group == "all" else int(group), n=n, sparsity=float(sparsity),
         kept=sum(kept_count(r.n, sparsity) for r in res.records), label=variant.label,
         base_label=variant.base_label, setting=variant.setting, method=variant.method,
-        normalization=variant.normalization, repair=variant.repair, criterion=criterion, accuracy=ev.accuracy,
+        normalization=variant.normalization, repair=variant.repair,
+        criterion=f"{res.choices['criterion']} (auto)" if "criterion" in res.choices else criterion,
+        accuracy=ev.accuracy,
         logit_distance=float(ev.logit_distance) if ev.logit_distance is not None else float("nan"),
         agreement=float(ev.agreement) if ev.agreement is not None else float("nan"),
         params=sum(p.numel() for p in res.model.parameters()), macs=macs, latency_ms=lat, seconds=t1 - t0,
