@@ -106,3 +106,15 @@ def duplicate_oracle(case: str, inputs: int = 16):
     wide = duplicate(base, make_wide())
     x = torch.randn(inputs, *shape)
     return base, wide, group, x, {group: np.r_[np.full(6, 2.0), np.ones(6)]}
+
+
+def seeded(cls, *args, seed: int = 0, **kw) -> nn.Module:
+    """``cls(*args, **kw)`` with seeded weights and randomised BatchNorm statistics (:func:`randomize_bn`)."""
+    torch.manual_seed(seed)
+    return randomize_bn(cls(*args, **kw), seed)
+
+
+def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model``'s outputs on ``x`` in eval mode, without gradients."""
+    with torch.no_grad():
+        return model.eval()(x)

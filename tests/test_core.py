@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nets import DUPLICATE_CASES, TinyConv, TinyMLP, duplicate, duplicate_oracle, randomize_bn
+from nets import DUPLICATE_CASES, TinyConv, TinyMLP, duplicate, duplicate_oracle, outputs, randomize_bn, seeded
 from torch import nn
 
 from intrafusion.core.fold import fold_batchnorm
@@ -15,26 +15,16 @@ from intrafusion.core.transport import cost_matrix
 from intrafusion.models.architectures import VGG, ResNet18
 
 
-def _seeded(cls, *args, seed=0, **kw):
-    torch.manual_seed(seed)
-    return randomize_bn(cls(*args, **kw), seed)
-
-
-def _out(model, x):
-    with torch.no_grad():
-        return model.eval()(x)
-
-
 # ---------------------------------------------------------------- BatchNorm folding
 @pytest.mark.parametrize("make", [lambda: VGG(width=0.25), lambda: ResNet18(width=0.25)], ids=["vgg", "resnet"])
 def test_folding_preserves_outputs(make):
     torch.manual_seed(1)
     model = randomize_bn(make(), seed=1)
     x = torch.randn(8, 3, 32, 32)
-    ref = _out(model, x)
+    ref = outputs(model, x)
     graph = PruningGraph(model, x[:1])
     assert fold_batchnorm(graph) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    diff = (_out(model, x) - ref).abs().max().item()
+    diff = (outputs(model, x) - ref).abs().max().item()
     assert diff < 1e-4
     for m in model.modules():  # every BN is now a pure shift
         if isinstance(m, nn.BatchNorm2d):
@@ -83,31 +73,31 @@ def test_kept_count_is_int_n_times_one_minus_s(n, s, m):
 
 
 def test_pruned_model_has_kept_count_channels():
-    model = _seeded(VGG, width=0.25)
+    model = seeded(VGG, width=0.25)
     x = torch.randn(1, 3, 32, 32)
     res = prune(model, x, [0, 5], 0.7, method="fusion")
     assert [r.m for r in res.records] == [kept_count(128, .7), kept_count(64, .7)]
     assert res.model.classifier.in_features == kept_count(128, .7)
     assert res.model.features[8].out_channels == kept_count(64, .7)
-    assert _out(res.model, x).shape == (1, 10)
+    assert outputs(res.model, x).shape == (1, 10)
 
 
 # ---------------------------------------------------------------- sparsity 0 and no mutation
 @pytest.mark.parametrize("method", ["default", "fusion"])
 def test_sparsity_zero_changes_nothing(method):
-    model = _seeded(ResNet18, width=0.125)
+    model = seeded(ResNet18, width=0.125)
     x = torch.randn(4, 3, 32, 32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = prune(model, x[:1], "all", 0.0, method=method)
     assert all(len(r.pruned) == 0 for r in res.records)
     assert sum(p.numel() for p in res.model.parameters()) == sum(p.numel() for p in model.parameters())
-    assert (_out(res.model, x) - _out(model, x)).abs().max().item() < 1e-5
+    assert (outputs(res.model, x) - outputs(model, x)).abs().max().item() < 1e-5
     # the input model is never mutated
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_input_model_not_mutated_by_real_pruning():
-    model = _seeded(VGG, width=0.25)
+    model = seeded(VGG, width=0.25)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prune(model, torch.randn(1, 3, 32, 32), "all", 0.5, method="fusion")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -121,15 +111,15 @@ def _oracle(case):
 @pytest.mark.parametrize("case", list(DUPLICATE_CASES))
 def test_duplicates_function_preserving_fusion_is_exact(case):
     base, wide, group, x, imp = _oracle(case)
-    assert (_out(wide, x) - _out(base, x)).abs().max().item() < 1e-5  # the construction itself
+    assert (outputs(wide, x) - outputs(base, x)).abs().max().item() < 1e-5  # the construction itself
     opts = TransportOptions(normalization="function-preserving")
     res = prune(wide, x[:1], group, 0.5, method="fusion", options=opts, importance=imp)
     rec = res.records[0]
     assert rec.m == rec.n // 2 and list(rec.kept) == list(range(rec.n // 2))
-    assert (_out(res.model, x) - _out(base, x)).abs().max().item() < 1e-4
+    assert (outputs(res.model, x) - outputs(base, x)).abs().max().item() < 1e-4
     # default pruning drops the second copies and loses half of each consumer's input
     dflt = prune(wide, x[:1], group, 0.5, method="default", importance=imp)
-    assert (_out(dflt.model, x) - _out(base, x)).abs().max().item() > 1e-2
+    assert (outputs(dflt.model, x) - outputs(base, x)).abs().max().item() > 1e-2
 
 
 @pytest.mark.parametrize("case", ["mlp", "conv"])
@@ -137,7 +127,7 @@ def test_duplicates_paper_fusion_scales_pre_classifier_signal(case):
     """Paper map: fused channels are sums (n/m = 2 here), so the signal reaching the classifier doubles."""
     base, wide, group, x, imp = _oracle(case)
     if case == "conv":  # prune the group right before the classifier: duplicate conv2 instead
-        base = _seeded(TinyConv, 6, 5)
+        base = seeded(TinyConv, 6, 5)
         wide = duplicate(base, TinyConv(6, 10))
         group, n = 0, 10
         imp = {0: np.r_[np.full(n // 2, 2.0), np.ones(n // 2)]}
@@ -145,15 +135,15 @@ def test_duplicates_paper_fusion_scales_pre_classifier_signal(case):
                 importance=imp)
     head = res.model.fc2 if case == "mlp" else res.model.linear
     ref_head = base.fc2 if case == "mlp" else base.linear
-    got = _out(res.model, x) - head.bias
-    want = 2.0 * (_out(base, x) - ref_head.bias)
+    got = outputs(res.model, x) - head.bias
+    want = 2.0 * (outputs(base, x) - ref_head.bias)
     assert (got - want).abs().max().item() < 1e-4
 
 
 # ---------------------------------------------------------------- the plan and the map
 @pytest.mark.parametrize("marg", ["uniform", "importance"])
 def test_plan_marginals_and_paper_map_columns(marg):
-    model = _seeded(VGG, width=0.25)
+    model = seeded(VGG, width=0.25)
     prep = prepare(model, torch.randn(1, 3, 32, 32))
     opts = TransportOptions(source_marginal=marg, target_marginal=marg)
     rec = plan_group(prep, 2, 0.6, "l1", opts)
@@ -180,7 +170,7 @@ def test_cost_matrix_matches_definition():
 
 
 def test_kept_channels_cost_nothing_to_themselves():
-    prep = prepare(_seeded(VGG, width=0.25), torch.randn(1, 3, 32, 32))
+    prep = prepare(seeded(VGG, width=0.25), torch.randn(1, 3, 32, 32))
     rec = plan_group(prep, 3, 0.5)
     assert np.allclose(rec.cost[rec.kept, np.arange(rec.m)], 0, atol=1e-5)
     # with uniform marginals every kept source stays (fully) on itself
@@ -189,7 +179,7 @@ def test_kept_channels_cost_nothing_to_themselves():
 
 def test_nearest_target_marginal_gives_the_nearest_assignment():
     """nu = each kept channel's Voronoi share: the optimal plan is the nearest-target assignment itself."""
-    prep = prepare(_seeded(VGG, width=0.25), torch.randn(1, 3, 32, 32))
+    prep = prepare(seeded(VGG, width=0.25), torch.randn(1, 3, 32, 32))
     rec = plan_group(prep, 2, 0.6, options=TransportOptions(target_marginal="nearest"))
     nearest = rec.cost.argmin(1)
     np.testing.assert_allclose(rec.nu, np.bincount(nearest, minlength=rec.m) / rec.n, atol=1e-8)
@@ -204,7 +194,7 @@ def test_nearest_target_marginal_gives_the_nearest_assignment():
 
 
 def test_sinkhorn_marginals_approximately_hold():
-    prep = prepare(_seeded(VGG, width=0.25), torch.randn(1, 3, 32, 32))
+    prep = prepare(seeded(VGG, width=0.25), torch.randn(1, 3, 32, 32))
     rec = plan_group(prep, 1, 0.5, options=TransportOptions(solver="sinkhorn", reg=0.01))
     np.testing.assert_allclose(rec.plan.sum(1), rec.mu, rtol=1e-3)
     np.testing.assert_allclose(rec.plan.sum(0), rec.nu, rtol=1e-3)
@@ -218,7 +208,7 @@ def test_sinkhorn_marginals_approximately_hold():
     (TransportOptions(solver="sinkhorn", reg=0.05, normalization="function-preserving"), "lamp"),
 ])
 def test_same_inputs_and_seed_give_same_plan_and_weights(opts, criterion):
-    model = _seeded(ResNet18, width=0.125)
+    model = seeded(ResNet18, width=0.125)
     x = torch.randn(1, 3, 32, 32)
     a = prune(model, x, [0, 6], 0.5, "fusion", criterion, opts, seed=3)
     b = prune(model, x, [0, 6], 0.5, "fusion", criterion, opts, seed=3)
@@ -229,7 +219,7 @@ def test_same_inputs_and_seed_give_same_plan_and_weights(opts, criterion):
 
 
 def test_taylor_needs_data_and_uses_it():
-    model = _seeded(VGG, width=0.25)
+    model = seeded(VGG, width=0.25)
     x = torch.randn(8, 3, 32, 32)
     with pytest.raises(ValueError, match="taylor"):
         prune(model, x[:1], 0, 0.5, criterion="taylor")
@@ -240,7 +230,7 @@ def test_taylor_needs_data_and_uses_it():
 
 
 def test_criteria_are_normalised_by_their_mean():
-    prep = prepare(_seeded(VGG, width=0.25), torch.randn(1, 3, 32, 32))
+    prep = prepare(seeded(VGG, width=0.25), torch.randn(1, 3, 32, 32))
     for crit in ("l1", "l2", "random"):
         imp = plan_group(prep, 4, 0.5, crit).importance
         assert abs(imp.mean() - 1.0) < 1e-6
@@ -256,12 +246,12 @@ def test_criteria_are_normalised_by_their_mean():
 @pytest.mark.parametrize("s", [1.0, -0.1, 1.5, float("nan"), "half"])
 def test_bad_sparsity_is_named(s):
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        prune(_seeded(TinyMLP), torch.randn(2, 8), 0, s)
+        prune(seeded(TinyMLP), torch.randn(2, 8), 0, s)
 
 
 def test_group_index_out_of_range_is_named():
     with pytest.raises(IndexError, match="group 5 does not exist.*1 groups"):
-        prune(_seeded(TinyMLP), torch.randn(2, 8), 5, 0.5)
+        prune(seeded(TinyMLP), torch.randn(2, 8), 5, 0.5)
 
 
 def test_unsupported_layer_is_named():
@@ -280,7 +270,7 @@ def test_unsupported_layer_is_named():
 
 
 def test_nan_weights_are_named():
-    model = _seeded(TinyMLP)
+    model = seeded(TinyMLP)
     model.fc1.weight.data[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or infinite values in fc1.weight"):
         prune(model, torch.randn(2, 8), 0, 0.5)
@@ -290,9 +280,9 @@ def test_unknown_options_are_named():
     with pytest.raises(ValueError, match="normalization"):
         TransportOptions(normalization="average")
     with pytest.raises(ValueError, match="criterion"):
-        prune(_seeded(TinyMLP), torch.randn(2, 8), 0, 0.5, criterion="magic")
+        prune(seeded(TinyMLP), torch.randn(2, 8), 0, 0.5, criterion="magic")
     with pytest.raises(ValueError, match="method"):
-        prune(_seeded(TinyMLP), torch.randn(2, 8), 0, 0.5, method="drop")
+        prune(seeded(TinyMLP), torch.randn(2, 8), 0, 0.5, method="drop")
 
 
 def test_cost_to_kept_targets_uses_symmetry_correctly():
@@ -307,11 +297,11 @@ def test_cost_to_kept_targets_uses_symmetry_correctly():
 def test_duplicates_two_groups_pruned_together_stay_exact():
     """Whole-model oracle: both groups of a conv net duplicated and fused in one call (each scored and
     transported on the model as the previous group left it) still reproduce the original outputs."""
-    base = _seeded(TinyConv, 6, 5)
+    base = seeded(TinyConv, 6, 5)
     wide = duplicate(base, TinyConv(12, 10))
     x = torch.randn(4, 3, 8, 8)
     imp = {g: np.r_[np.full(n, 2.0), np.ones(n)] for g, n in ((0, 5), (1, 6))}
     for order in ([0, 1], [1, 0]):
         res = prune(wide, x[:1], order, 0.5, method="fusion",
                     options=TransportOptions(normalization="function-preserving"), importance=imp)
-        assert (_out(res.model, x) - _out(base, x)).abs().max().item() < 1e-4
+        assert (outputs(res.model, x) - outputs(base, x)).abs().max().item() < 1e-4

@@ -13,26 +13,16 @@ Oracles:
 import numpy as np
 import pytest
 import torch
-from nets import TinyConv, TinyMLP, TinyResNet, randomize_bn
+from nets import TinyConv, TinyMLP, TinyResNet, outputs, seeded
 
 from intrafusion.core.prune import TransportOptions, prepare, prune
 from intrafusion.core.repair import RepairOptions
 from intrafusion.core.select import logit_gap, prune_closest, repair_inputs
 
 
-def _seeded(cls, *args, seed=0):
-    torch.manual_seed(seed)
-    return randomize_bn(cls(*args), seed).eval()
-
-
-def _out(model, x):
-    with torch.no_grad():
-        return model.eval()(x)
-
-
 @pytest.mark.parametrize("cls,args", [(TinyConv, (6, 5)), (TinyResNet, (6, 4))])
 def test_l1_raw_is_l1_before_folding(cls, args):
-    model = _seeded(cls, *args)
+    model = seeded(cls, *args)
     x = torch.randn(2, 3, 8, 8)
     folded, raw = prepare(model, x), prepare(model, x, fold=False)
     from intrafusion.core.importance import group_importance
@@ -48,14 +38,14 @@ def test_l1_raw_is_l1_before_folding(cls, args):
 
 
 def test_l1_raw_equals_l1_without_batchnorm_and_prunes_as_its_scores():
-    mlp = _seeded(TinyMLP, 6)
+    mlp = seeded(TinyMLP, 6)
     plain = TinyMLP(6, bn=False)
     plain.load_state_dict({k: v for k, v in mlp.state_dict().items() if k.startswith("fc")})
     prep = prepare(plain, torch.randn(2, 8))
     from intrafusion.core.importance import group_importance
 
     np.testing.assert_allclose(prep.raw_l1[0], group_importance(prep.graph.tp_group(0), "l1").numpy())
-    conv = _seeded(TinyConv, 6, 5)
+    conv = seeded(TinyConv, 6, 5)
     x = torch.randn(2, 3, 8, 8)
     scores = prepare(conv, x).raw_l1
     a = prune(conv, x, "all", 0.5, method="default", criterion="l1-raw")
@@ -66,17 +56,17 @@ def test_l1_raw_equals_l1_without_batchnorm_and_prunes_as_its_scores():
 
 
 def test_logit_gap_has_closed_forms():
-    model = _seeded(TinyMLP, 6)
+    model = seeded(TinyMLP, 6)
     x = torch.randn(20, 8)
     assert logit_gap(model, model, x) == 0.0
-    shifted = _seeded(TinyMLP, 6)
+    shifted = seeded(TinyMLP, 6)
     with torch.no_grad():
         shifted.fc2.bias.add_(0.5)  # 5 logits, each +0.5
     assert logit_gap(shifted, model, x, batch_size=7) == pytest.approx(0.5 * np.sqrt(5), rel=1e-6)
 
 
 def test_closest_target_keeps_the_refit_nearer_the_original():
-    model = _seeded(TinyConv, 6, 5)
+    model = seeded(TinyConv, 6, 5)
     x = torch.randn(48, 3, 8, 8)
     opts = TransportOptions(target_marginal="nearest")
     runs = {t: prune(model, x[:1], "all", 0.5, options=opts, repair=RepairOptions("refit-data", target=t),
@@ -87,15 +77,15 @@ def test_closest_target_keeps_the_refit_nearer_the_original():
     for t in ("mapped", "kept"):  # the reported gaps are those of the two refits
         assert gaps[t] == pytest.approx(logit_gap(runs[t].model, model, x), rel=1e-6)
     assert gaps["mapped"] != pytest.approx(gaps["kept"])  # the two targets must give different models here
-    assert (_out(runs["closest"].model, x) - _out(runs[chosen].model, x)).abs().max().item() < 1e-6
+    assert (outputs(runs["closest"].model, x) - outputs(runs[chosen].model, x)).abs().max().item() < 1e-6
     same = prune(model, x[:1], "all", 0.0, repair=RepairOptions("refit-data", target="closest"), repair_data=x)
-    assert (_out(same.model, x) - _out(model, x)).abs().max().item() < 1e-5
+    assert (outputs(same.model, x) - outputs(model, x)).abs().max().item() < 1e-5
 
 
 def test_closest_needs_a_refit_and_prune_closest_compares_on_the_synthetic_batch(tmp_path):
     with pytest.raises(ValueError, match="refit"):
         RepairOptions("synthetic", target="closest")
-    model = _seeded(TinyConv, 6, 5)
+    model = seeded(TinyConv, 6, 5)
     x = torch.randn(8, 3, 8, 8)
     with pytest.raises(ValueError, match="at least one"):
         prune_closest(model, x[:1], "all", 0.5, criteria=(), repair="refit-data", repair_data=x)
@@ -114,7 +104,7 @@ def test_closest_needs_a_refit_and_prune_closest_compares_on_the_synthetic_batch
 
 
 def test_prune_closest_returns_the_criterion_with_the_smallest_gap():
-    model = _seeded(TinyConv, 6, 5)
+    model = seeded(TinyConv, 6, 5)
     x = torch.randn(48, 3, 8, 8)
     rep = RepairOptions("refit-data")
     res = prune_closest(model, x[:1], "all", 0.5, criteria=("l1", "l1-raw", "l2"), repair=rep, repair_data=x)
@@ -123,5 +113,5 @@ def test_prune_closest_returns_the_criterion_with_the_smallest_gap():
     best = res.repair.details["criterion"]
     assert best == min(gaps, key=gaps.get)
     again = prune(model, x[:1], "all", 0.5, criterion=best, repair=rep, repair_data=x)
-    assert (_out(res.model, x) - _out(again.model, x)).abs().max().item() < 1e-6
+    assert (outputs(res.model, x) - outputs(again.model, x)).abs().max().item() < 1e-6
     assert gaps[best] == pytest.approx(logit_gap(again.model, model, x), rel=1e-6)
